@@ -1,0 +1,3 @@
+from vlarl.cli import main
+
+raise SystemExit(main())

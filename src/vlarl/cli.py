@@ -1,0 +1,116 @@
+"""The ``vlarl`` command: parses arguments and calls recipes; no training logic here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlarl.errors import VlarlError
+
+# --flag -> dotted config key, for `vlarl collect`
+_COLLECT_FLAGS = {
+    "env": "env.name",
+    "policy": "policy",
+    "episodes": "episodes",
+    "out": "out",
+    "workers": "workers",
+    "noise": "noise",
+    "obs_mode": "env.obs_mode",
+    "image_size": "env.image_size",
+    "cameras": "env.cameras",
+    "episode_length": "env.episode_length",
+    "seed": "seed",
+    "source": "source",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlarl", description="RL post-training for vision-language-action policies")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the main job on its embedded default (a short simulated run)")
+    demo.add_argument("--config", help="YAML recipe (defaults are embedded)")
+    demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. collect.episodes=4")
+
+    col = sub.add_parser("collect", help="collect scripted episodes into a dataset")
+    col.add_argument("--config", help="YAML recipe")
+    for flag in _COLLECT_FLAGS:
+        col.add_argument("--" + flag.replace("_", "-"), dest=flag)
+    col.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.options.reward=sparse")
+
+    ds = sub.add_parser("dataset", help="inspect datasets")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    info = ds_sub.add_parser("info", help="summary of a dataset")
+    info.add_argument("path")
+    info.add_argument("--verify", action="store_true", help="read every episode file and report damage")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("envs", help="list the registered envs and their instructions")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except VlarlError as err:
+        print(f"vlarl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlarl: interrupted; everything committed so far is saved", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from vlarl.runtime import load_config
+
+    if args.command == "demo":
+        from vlarl.recipes.demo import DemoConfig, format_summary, run_demo
+
+        print(format_summary(run_demo(load_config(DemoConfig, args.config, args.overrides))))
+        return 0
+    if args.command == "collect":
+        from vlarl.recipes.collect import CollectConfig, collect
+
+        flags = [f"{key}={getattr(args, flag)}" for flag, key in _COLLECT_FLAGS.items() if getattr(args, flag) is not None]
+        cfg = load_config(CollectConfig, args.config, flags + args.overrides)
+        print(json.dumps(collect(cfg), indent=2))
+        return 0
+    if args.command == "dataset":
+        return _dataset_info(args)
+    if args.command == "envs":
+        from vlarl.envs import ENV_NAMES
+        from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS
+
+        extra = {"toy/reach": "move the red dot to the green target", "panda/pick-cube": "pick up the cube"}
+        for name in ENV_NAMES:
+            print(f"{name:40s} {extra.get(name) or METAWORLD_INSTRUCTIONS[name.split('/', 1)[1]]}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _dataset_info(args: argparse.Namespace) -> int:
+    from vlarl.data import EpisodeDataset
+
+    data = EpisodeDataset(args.path)
+    summary = data.summary()
+    if args.verify:
+        summary["damaged"] = data.verify()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        rate = summary["success_rate"]
+        print(f"{summary['path']}: {summary['episodes']} episodes, {summary['frames']} steps, "
+              f"success {rate if rate is None else f'{rate:.2f}'}, {summary['disk_bytes'] / 1e6:.1f} MB, "
+              f"{summary['fps']} fps")
+        print("features:")
+        for key, feat in summary["features"].items():
+            print(f"  {key:32s} {feat['dtype']:8s} {tuple(feat['shape'])}")
+        print("tasks:")
+        for task, t in summary["tasks"].items():
+            sources = ", ".join(f"{k} {v}" for k, v in t["sources"].items())
+            print(f"  {task:24s} {t['episodes']:5d} episodes  {t['frames']:7d} steps  success {t['success_rate']:.2f}  ({sources})")
+        for problem in summary["problems"] + summary.get("damaged", []):
+            print(f"  problem: {problem}")
+    return 1 if args.verify and summary["damaged"] else 0

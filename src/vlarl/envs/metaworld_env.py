@@ -1,0 +1,119 @@
+"""The 50 Meta-World v3 tasks with the vlarl observation contract and their scripted experts."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import warnings  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from vlarl.envs.base import VlarlEnv  # noqa: E402
+from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS  # noqa: E402
+from vlarl.envs.rendering import CameraRenderer  # noqa: E402
+
+METAWORLD_TASKS = tuple(METAWORLD_INSTRUCTIONS)
+METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+# Meta-World's corner cameras are defined upside down; their images are flipped upright.
+_UPSIDE_DOWN = ("corner", "corner2", "corner3", "corner4")
+PROPRIO_DIM = 4  # hand xyz + gripper opening
+
+
+class MetaWorldEnv(VlarlEnv):
+    """One Meta-World v3 task; object and goal positions are randomised on every reset.
+
+    ``state`` is Meta-World's 39-d vector (goal visible) in ``state`` modes and the 4-d
+    proprio (hand xyz, gripper opening) in ``pixels`` mode.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        obs_mode: str = "state",
+        image_size: int = 84,
+        cameras: tuple[str, ...] = ("corner",),
+        episode_length: int = 200,
+        terminate_on_success: bool = True,
+        reward: str = "dense",
+        fast_render: bool = True,
+    ) -> None:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+        from metaworld.policies import ENV_POLICY_MAP
+
+        if reward not in ("dense", "sparse"):
+            raise ValueError(f"metaworld/{task}: reward must be 'dense' or 'sparse', got {reward!r}")
+        mw = ALL_V3_ENVIRONMENTS[f"{task}-v3"]()
+        # What Meta-World's goal-observable variants do, without their fixed camera settings:
+        # goal in the observation, a fresh object/goal position drawn from np_random per reset.
+        mw._partially_observable = False
+        mw._freeze_rand_vec = False
+        mw.seeded_rand_vec = True
+        mw._set_task_called = True
+        if "sawyer_observation_space" in mw.__dict__:
+            del mw.sawyer_observation_space  # cached with the goal hidden
+        mw.max_path_length = episode_length
+        self._mw = mw
+        self._policy = ENV_POLICY_MAP[f"{task}-v3"]()
+        self._raw_obs = np.zeros(39)
+        self.reward_type = reward
+        super().__init__(
+            task=task,
+            instruction=METAWORLD_INSTRUCTIONS[task],
+            state_dim=PROPRIO_DIM if obs_mode == "pixels" else 39,
+            action_dim=4,
+            obs_mode=obs_mode,
+            cameras=tuple(cameras),
+            image_size=image_size,
+            episode_length=episode_length,
+            terminate_on_success=terminate_on_success,
+        )
+        self._renderer = None
+        if "pixels" in obs_mode:
+            self._renderer = CameraRenderer(
+                mw.model, self.cameras, image_size, fast=fast_render, flip=_UPSIDE_DOWN, where=f"metaworld/{task}"
+            )
+
+    def _reset_sim(self, rng: np.random.Generator) -> None:
+        self._mw.seed(int(rng.integers(2**31)))
+        self._raw_obs, _ = self._mw.reset()
+
+    def _step_sim(self, action: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
+        self._raw_obs, reward, _, _, info = self._mw.step(action)
+        success = bool(info["success"])
+        if self.reward_type == "sparse":
+            reward = float(success)
+        return float(reward), success, {}
+
+    def _state(self) -> np.ndarray:
+        return self._raw_obs[:PROPRIO_DIM] if self.obs_mode == "pixels" else self._raw_obs
+
+    def _render_cameras(self) -> dict[str, np.ndarray]:
+        if self._renderer is None:
+            self._renderer = CameraRenderer(self._mw.model, self.cameras, self.image_size, flip=_UPSIDE_DOWN)
+        return self._renderer.render(self._mw.data)
+
+    def expert_action(self) -> np.ndarray:
+        with warnings.catch_warnings():  # Meta-World's policies warn that they saturate; we clip
+            warnings.simplefilter("ignore", UserWarning)
+            action = self._policy.get_action(self._raw_obs)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def privileged_state(self) -> np.ndarray:
+        return self._raw_obs.astype(np.float32)
+
+    @property
+    def mj_model(self):
+        return self._mw.model
+
+    @property
+    def mj_data(self):
+        return self._mw.data
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._mw.close()

@@ -1,0 +1,66 @@
+"""Offscreen MuJoCo rendering, fast by default.
+
+Shadows and multisampling cost most of a small image's render time and add little a policy
+can use, so ``fast=True`` turns both off (a few-fold speed-up, see
+benchmarks/results/env_throughput.md). One ``mujoco.Renderer`` serves every camera.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from collections.abc import Sequence  # noqa: E402
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vlarl.errors import unknown, VlarlError  # noqa: E402
+
+
+def apply_fast_render_settings(model: mujoco.MjModel) -> None:
+    """No shadows, no multisampling: the cheap path for small policy images."""
+    model.light_castshadow[:] = 0
+    model.vis.quality.offsamples = 0
+
+
+class CameraRenderer:
+    """Renders named cameras of a model to upright uint8 HWC images.
+
+    ``flip`` names the cameras whose images come out upside down (Meta-World's corner
+    cameras) and are flipped vertically here, so that every image a policy sees is upright.
+    """
+
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        cameras: Sequence[str],
+        size: int,
+        *,
+        fast: bool = True,
+        flip: Sequence[str] = (),
+        where: str = "",
+    ) -> None:
+        valid = [model.camera(i).name for i in range(model.ncam)]
+        for cam in cameras:
+            if cam not in valid:
+                raise VlarlError(unknown("camera", cam, valid, where))
+        if fast:
+            apply_fast_render_settings(model)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        self.cameras = tuple(cameras)
+        self.flip = frozenset(flip)
+        self._renderer = mujoco.Renderer(model, size, size)
+
+    def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
+        images = {}
+        for cam in self.cameras:
+            self._renderer.update_scene(data, camera=cam)
+            img = self._renderer.render()
+            images[cam] = np.ascontiguousarray(img[::-1]) if cam in self.flip else img
+        return images
+
+    def close(self) -> None:
+        self._renderer.close()

@@ -1,0 +1,33 @@
+"""The observation contract shared by every vlarl env (DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from gymnasium import spaces
+
+from vlarl.errors import VlarlError
+
+OBS_MODES = ("state", "pixels", "state+pixels")
+
+
+def check_obs_mode(obs_mode: str) -> None:
+    if obs_mode not in OBS_MODES:
+        raise VlarlError(f"unknown obs_mode {obs_mode!r}; valid: {', '.join(OBS_MODES)}")
+
+
+def observation_space(state_dim: int, cameras: Sequence[str], image_size: int, with_pixels: bool) -> spaces.Dict:
+    """Dict(state=float32 vector, pixels=Dict(camera=uint8 HWC)) as DESIGN.md fixes it."""
+    parts: dict[str, spaces.Space] = {
+        "state": spaces.Box(-np.inf, np.inf, (state_dim,), dtype=np.float32),
+    }
+    if with_pixels:
+        parts["pixels"] = spaces.Dict(
+            {cam: spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8) for cam in cameras}
+        )
+    return spaces.Dict(parts)
+
+
+def action_space(dim: int) -> spaces.Box:
+    return spaces.Box(-1.0, 1.0, (dim,), dtype=np.float32)

@@ -1,0 +1,34 @@
+"""Envs stepped in parallel worker processes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+
+from vlarl.envs.registry import make
+
+
+def make_vec(
+    name: str,
+    n: int,
+    *,
+    asynchronous: bool = True,
+    context: str | None = "forkserver",
+    **options: Any,
+) -> gym.vector.VectorEnv:
+    """``n`` copies of ``make(name, **options)``, one per process when ``asynchronous``.
+
+    Episodes reset automatically in the step that ends them (gymnasium's SAME_STEP mode:
+    the final observation is in ``info["final_obs"]``). Worker processes start from a
+    fork server so that no rendering context of the parent is inherited. Seed with
+    ``vec.reset(seed=s)``: worker i gets seed s + i.
+    """
+    if n < 1:
+        raise ValueError(f"make_vec: n must be >= 1, got {n}")
+    fns = [functools.partial(make, name, **options) for _ in range(n)]
+    mode = gym.vector.AutoresetMode.SAME_STEP
+    if asynchronous:
+        return gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context, autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)

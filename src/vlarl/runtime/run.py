@@ -1,0 +1,146 @@
+"""A run directory shared by every trainer and long command.
+
+    runs/<name>/config.yaml      the resolved config (what ran)
+    runs/<name>/tb/              TensorBoard scalars
+    runs/<name>/metrics.jsonl    the same scalars as JSON lines (for plots and tests)
+    runs/<name>/checkpoints/     atomic checkpoints (see checkpoint.py)
+    runs/<name>/results.json     final figures
+
+``Run.create`` starts a run, ``Run.resume`` reopens one: the config is read back, scalars
+logged after the last checkpoint are dropped (they will be logged again), and
+``restore`` loads weights, optimisers, RNG and counters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from vlarl.errors import VlarlError
+from vlarl.fileio import atomic_write_text
+from vlarl.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlarl.runtime.config import load_config, save_config
+
+C = TypeVar("C")
+
+
+class Run:
+    def __init__(self, path: Path, config: Any, resumed_step: int | None = None) -> None:
+        self.path = path
+        self.config = config
+        self.resumed_step = resumed_step
+        self._tb = None
+        self._metrics = open(path / "metrics.jsonl", "a")
+
+    @classmethod
+    def create(cls, root: str | Path, name: str, config: Any, exist_ok: bool = False) -> Run:
+        """A new run at ``root/name``; refuses to overwrite a run that has checkpoints."""
+        path = Path(root) / name
+        if (path / "checkpoints").exists() and not exist_ok:
+            raise VlarlError(f"{path}: a run already exists here; use --resume {path} or another name")
+        path.mkdir(parents=True, exist_ok=True)
+        save_config(config, path / "config.yaml")
+        return cls(path, config)
+
+    @classmethod
+    def resume(cls, path: str | Path, config_cls: type[C], overrides: list[str] | tuple[str, ...] = ()) -> Run:
+        """Reopen a run; ``overrides`` may change settings such as the total step count."""
+        path = Path(path)
+        if not (path / "config.yaml").exists():
+            raise VlarlError(f"{path}: not a run directory (no config.yaml)")
+        config = load_config(config_cls, path / "config.yaml", overrides)
+        ckpt = latest_checkpoint(path / "checkpoints")
+        step = json.loads((ckpt / "meta.json").read_text())["step"] if ckpt else None
+        _truncate_metrics(path / "metrics.jsonl", step)
+        save_config(config, path / "config.yaml")
+        return cls(path, config, resumed_step=step)
+
+    # --- logging ------------------------------------------------------------------------
+    @property
+    def tb(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self.resumed_step)
+        return self._tb
+
+    def log(self, step: int, **scalars: float) -> None:
+        """Scalars to TensorBoard and metrics.jsonl."""
+        row = {"step": int(step), "time": time.time()}
+        for key, value in scalars.items():
+            value = float(value)
+            self.tb.add_scalar(key, value, step)
+            row[key] = value
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def write_results(self, results: Mapping[str, Any], name: str = "results.json") -> Path:
+        path = self.path / name
+        atomic_write_text(path, json.dumps(results, indent=2, default=_jsonable))
+        return path
+
+    # --- checkpoints --------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        modules: Mapping[str, torch.nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+        counters: Mapping[str, Any] | None = None,
+        generators: Mapping[str, np.random.Generator] | None = None,
+    ) -> Path:
+        if self._tb is not None:
+            self._tb.flush()
+        return save_checkpoint(self.path / "checkpoints", step, modules, optimizers, counters, generators)
+
+    def restore(
+        self,
+        modules: Mapping[str, torch.nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+        generators: Mapping[str, np.random.Generator] | None = None,
+    ) -> dict[str, Any] | None:
+        """Load the newest checkpoint in place; ``None`` when there is none yet."""
+        ckpt = latest_checkpoint(self.path / "checkpoints")
+        if ckpt is None:
+            return None
+        return load_checkpoint(ckpt, modules, optimizers, generators)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        self._metrics.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _truncate_metrics(path: Path, step: int | None) -> None:
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if step is not None and row["step"] <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.generic,)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
