@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+from vlarl.cli import main
+
+
+def test_envs_lists_all(capsys):
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 52 and any(line.startswith("metaworld/drawer-open") and "open the drawer" in line for line in out)
+
+
+def test_unknown_env_exits_2_with_one_clear_line(tmp_path, capsys):
+    assert main(["collect", "--env", "toy/rech", "--episodes", "1", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown env 'toy/rech'; valid: toy/reach" in err[0]
+    assert not (tmp_path / "d").exists()  # nothing written for a bad request
+
+
+def test_unknown_override_key(tmp_path, capsys):
+    assert main(["collect", "--out", str(tmp_path), "env.imagesize=3"]) == 2
+    assert "unknown key 'env.imagesize'; valid: env.image_size" in capsys.readouterr().err
+
+
+def test_collect_then_dataset_info(tmp_path, capsys):
+    out = tmp_path / "d"
+    argv = ["collect", "--env", "toy/reach", "--obs-mode", "pixels", "--image-size", "16",
+            "--episodes", "3", "--workers", "2", "--noise", "0.1", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["written"] == 3
+    assert main(["dataset", "info", str(out), "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "3 episodes" in text and "observation.images.top" in text and "expert 3" in text
+    assert main(["dataset", "info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 3
+
+
+def test_dataset_info_on_a_damaged_dataset(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["collect", "--env", "toy/reach", "--episodes", "2", "--out", str(out)]) == 0
+    victim = next(out.glob("data/chunk-000/episode_000001.npz"))
+    victim.write_bytes(victim.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["dataset", "info", str(out), "--verify"]) == 1
+    assert "episode_000001.npz: episode 1 is truncated" in capsys.readouterr().out
+
+
+def test_console_script_demo_small(tmp_path):
+    """The demo end to end, shrunk: dataset, video, plot and summary with a success rate."""
+    run_dir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "collect.episodes=2", "collect.workers=1",
+         "collect.env.image_size=48", "video_episodes=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "success rate" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["episodes"] == 2 and 0.0 <= summary["success_rate"] <= 1.0
+    assert summary["success_ci95"][0] <= summary["success_rate"] <= summary["success_ci95"][1]
+    assert (run_dir / "episodes.png").stat().st_size > 0
+    assert (run_dir / summary["video"].split("/")[-1]).stat().st_size > 0
+    assert list((run_dir / "tb").iterdir())

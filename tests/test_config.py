@@ -1,0 +1,64 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from vlarl.errors import ConfigError
+from vlarl.runtime import load_config, save_config, valid_keys
+
+
+@dataclass
+class Optim:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class Recipe:
+    env: str = "toy/reach"
+    steps: int = 100
+    seed: int | None = None
+    use_demos: bool = True
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("steps: 500\noptim:\n  lr: 0.001\n")
+    cfg = load_config(Recipe, path, ["optim.betas=[0.5, 0.9]", "seed=3", "use_demos=false"])
+    assert cfg == Recipe(steps=500, seed=3, use_demos=False, optim=Optim(lr=0.001, betas=[0.5, 0.9]))
+    assert load_config(Recipe) == Recipe()
+    assert load_config(Recipe, overrides=["steps=2e3"]).steps == 2000
+
+
+def test_unknown_key_in_yaml_names_file_and_lists_valid_keys(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Recipe, path)
+    msg = str(err.value)
+    assert str(path) in msg and "optim.lrr" in msg
+    assert msg.split("valid: ")[1].startswith("optim.lr")
+
+
+def test_unknown_override_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match=r"override 'stepz=3'.*unknown key 'stepz'; valid: steps"):
+        load_config(Recipe, overrides=["stepz=3"])
+    with pytest.raises(ConfigError, match="steps: expected an integer, got .many."):
+        load_config(Recipe, overrides=["steps=many"])
+    with pytest.raises(ConfigError, match="use_demos: expected true or false"):
+        load_config(Recipe, overrides=["use_demos=3"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(Recipe, overrides=["steps"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Recipe, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Recipe, bad)
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = Recipe(steps=7, seed=1, optim=Optim(lr=0.5))
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(Recipe, tmp_path / "c.yaml") == cfg
+    assert "optim.betas" in valid_keys(Recipe)
