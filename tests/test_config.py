@@ -62,3 +62,18 @@ def test_save_and_reload_round_trip(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(Recipe, tmp_path / "c.yaml") == cfg
     assert "optim.betas" in valid_keys(Recipe)
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    from vlarl.recipes.collect import CollectConfig
+    from vlarl.recipes.demo import DemoConfig
+
+    root = Path(__file__).parent.parent / "configs"
+    assert load_config(DemoConfig, root / "demo.yaml") == DemoConfig()  # the file is the embedded default
+    for path in root.glob("collect-*.yaml"):
+        cfg = load_config(CollectConfig, path)
+        from vlarl.envs import valid_options
+
+        assert set(cfg.env.kwargs()) <= set(valid_options(cfg.env.name)), path

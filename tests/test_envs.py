@@ -223,3 +223,31 @@ def test_make_vec_metaworld_pixels():
         assert obs["state"].shape == (2, 4)
     finally:
         vec.close()
+
+
+def test_images_survive_other_mujoco_renderers_being_freed():
+    """gymnasium's MuJoCo viewer frees its GL objects whenever Python collects it; that
+    must not blank the images of a vlarl env created in between."""
+    import gc
+
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    env = make("metaworld/drawer-open", obs_mode="pixels", image_size=48)
+    reference = env.reset(seed=0)[0]["pixels"]["corner"]
+    env.close()
+
+    foreign = ALL_V3_ENVIRONMENTS["drawer-open-v3"](render_mode="rgb_array", camera_name="corner", width=48, height=48)
+    foreign._partially_observable, foreign._freeze_rand_vec, foreign._set_task_called = False, False, True
+    foreign.seeded_rand_vec = True
+    foreign.seed(0)
+    foreign.reset()
+    foreign.render()
+    foreign.close()
+    env = make("metaworld/drawer-open", obs_mode="pixels", image_size=48)
+    del foreign
+    gc.collect()  # the foreign viewer's GL objects are freed now, after ours exist
+    try:
+        image = env.reset(seed=0)[0]["pixels"]["corner"]
+        np.testing.assert_array_equal(image, reference)
+    finally:
+        env.close()

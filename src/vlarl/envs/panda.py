@@ -12,7 +12,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vlarl.envs.base import VlarlEnv  # noqa: E402
-from vlarl.envs.rendering import CameraRenderer  # noqa: E402
+from vlarl.envs.rendering import CameraRenderer, close_renderer  # noqa: E402
 
 PANDA_CAMERAS = {"front": "front", "wrist": "handcam_rgb"}
 EE_STEP = 0.025  # metres per unit action, gym-hil's default
@@ -48,7 +48,8 @@ class PandaPickCubeEnv(VlarlEnv):
 
                 raise VlarlError(unknown("camera", cam, PANDA_CAMERAS, "panda/pick-cube"))
         self._hil = PandaPickCubeGymEnv(image_obs=False, reward_type=reward, random_block_position=False)
-        self._hil.close()  # it opens a renderer we never use; ours is below
+        close_renderer(self._hil._viewer)  # it opens a renderer we never use; ours is below
+        self._hil._viewer = None
         self.random_block = random_block
         self.reward_type = reward
         super().__init__(

@@ -53,6 +53,7 @@ class CameraRenderer:
         self.cameras = tuple(cameras)
         self.flip = frozenset(flip)
         self._renderer = mujoco.Renderer(model, size, size)
+        _release_egl_context()
 
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         images = {}
@@ -60,7 +61,43 @@ class CameraRenderer:
             self._renderer.update_scene(data, camera=cam)
             img = self._renderer.render()
             images[cam] = np.ascontiguousarray(img[::-1]) if cam in self.flip else img
+        _release_egl_context()
         return images
 
     def close(self) -> None:
-        self._renderer.close()
+        close_renderer(self._renderer)
+
+
+def _release_egl_context() -> None:
+    """Leave no EGL context current between renders.
+
+    Other code in the process (gymnasium's MuJoCo viewers, for one) frees its MuJoCo GL
+    objects whenever Python collects them, under whatever context is current. If that is
+    ours, ids coincide and our framebuffers are deleted: every later image is blank. With
+    no context current such frees touch nothing; ``Renderer.render`` makes ours current
+    again before drawing.
+    """
+    if os.environ.get("MUJOCO_GL", "").lower() != "egl":
+        return
+    from mujoco import egl
+
+    if egl.EGL_DISPLAY is not None:
+        egl.EGL.eglMakeCurrent(egl.EGL_DISPLAY, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_SURFACE, egl.EGL.EGL_NO_CONTEXT)
+
+
+def close_renderer(renderer: mujoco.Renderer | None) -> None:
+    """Close a ``mujoco.Renderer`` with its own GL context current.
+
+    ``Renderer.close`` frees the GL context first and MuJoCo's GL objects after, under
+    whichever context is then current; under another renderer's context that deletes the
+    other renderer's framebuffers (ids are per context, so they coincide), and its images
+    turn blank. Freeing the objects first, in their own context, avoids that.
+    """
+    if renderer is None:
+        return
+    gl, mjr = getattr(renderer, "_gl_context", None), getattr(renderer, "_mjr_context", None)
+    if gl is not None and mjr is not None:
+        gl.make_current()
+        mjr.free()
+        renderer._mjr_context = None
+    renderer.close()
