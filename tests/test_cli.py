@@ -63,3 +63,17 @@ def test_console_script_demo_small(tmp_path):
     assert (run_dir / "episodes.png").stat().st_size > 0
     assert (run_dir / summary["video"].split("/")[-1]).stat().st_size > 0
     assert list((run_dir / "tb").iterdir())
+
+
+def test_demo_resume_continues_the_saved_run(tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    small = ["collect.env.name=toy/reach", "collect.env.image_size=16", "collect.env.cameras=[top]",
+             "collect.env.episode_length=20", "collect.workers=1"]
+    assert main(["demo", f"run_dir={run_dir}", "collect.episodes=2", *small]) == 0
+    # The saved config is used; an override may raise the episode target.
+    assert main(["demo", "--resume", str(run_dir), "collect.episodes=3"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["episodes"] == 3 and summary["collect"]["already_there"] == 2
+    assert summary["env"] == "toy/reach"
+    assert main(["demo", "--resume", str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,9 +75,8 @@ def test_append_chunks_and_feature_checks(tmp_path):
 
 
 def test_one_writer_at_a_time(tmp_path):
-    with EpisodeWriter(tmp_path):
-        with pytest.raises(DatasetError, match="another writer"):
-            EpisodeWriter(tmp_path)
+    with EpisodeWriter(tmp_path), pytest.raises(DatasetError, match="another writer"):
+        EpisodeWriter(tmp_path)
 
 
 def test_truncated_and_corrupt_files_are_named_and_rest_readable(tmp_path):

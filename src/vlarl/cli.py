@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on its embedded default (a short simulated run)")
     demo.add_argument("--config", help="YAML recipe (defaults are embedded)")
+    demo.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
     demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. collect.episodes=4")
 
     col = sub.add_parser("collect", help="collect scripted episodes into a dataset")
@@ -67,8 +68,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "demo":
         from vlarl.recipes.demo import DemoConfig, format_summary, run_demo
+        from vlarl.runtime import Run
 
-        print(format_summary(run_demo(load_config(DemoConfig, args.config, args.overrides))))
+        if args.resume:
+            summary = run_demo(resume=Run.resume(args.resume, DemoConfig, args.overrides))
+        else:
+            summary = run_demo(load_config(DemoConfig, args.config, args.overrides))
+        print(format_summary(summary))
         return 0
     if args.command == "collect":
         from vlarl.recipes.collect import CollectConfig, collect

@@ -8,10 +8,10 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from vlarl.envs.experts import ScriptedExpert  # noqa: E402
-from vlarl.envs.registry import ENV_NAMES, env_class, make, valid_options  # noqa: E402
-from vlarl.envs.twin import PhysicsTwin, TwinConfig  # noqa: E402
-from vlarl.envs.vector import make_vec  # noqa: E402
+from vlarl.envs.experts import ScriptedExpert
+from vlarl.envs.registry import ENV_NAMES, env_class, make, valid_options
+from vlarl.envs.twin import PhysicsTwin, TwinConfig
+from vlarl.envs.vector import make_vec
 
 __all__ = [
     "ENV_NAMES",

@@ -6,14 +6,13 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import warnings  # noqa: E402
-from typing import Any  # noqa: E402
+import warnings
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from vlarl.envs.base import VlarlEnv  # noqa: E402
-from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS  # noqa: E402
-from vlarl.envs.rendering import CameraRenderer  # noqa: E402
+from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS
+from vlarl.envs.mujoco_base import MujocoEnv
 
 METAWORLD_TASKS = tuple(METAWORLD_INSTRUCTIONS)
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
@@ -22,7 +21,7 @@ _UPSIDE_DOWN = ("corner", "corner2", "corner3", "corner4")
 PROPRIO_DIM = 4  # hand xyz + gripper opening
 
 
-class MetaWorldEnv(VlarlEnv):
+class MetaWorldEnv(MujocoEnv):
     """One Meta-World v3 task; object and goal positions are randomised on every reset.
 
     ``state`` is Meta-World's 39-d vector (goal visible) in ``state`` modes and the 4-d
@@ -70,11 +69,7 @@ class MetaWorldEnv(VlarlEnv):
             episode_length=episode_length,
             terminate_on_success=terminate_on_success,
         )
-        self._renderer = None
-        if "pixels" in obs_mode:
-            self._renderer = CameraRenderer(
-                mw.model, self.cameras, image_size, fast=fast_render, flip=_UPSIDE_DOWN, where=f"metaworld/{task}"
-            )
+        self._init_mujoco(mw.model, mw.data, {}, fast_render, flip=_UPSIDE_DOWN)
 
     def _reset_sim(self, rng: np.random.Generator) -> None:
         self._mw.seed(int(rng.integers(2**31)))
@@ -90,11 +85,6 @@ class MetaWorldEnv(VlarlEnv):
     def _state(self) -> np.ndarray:
         return self._raw_obs[:PROPRIO_DIM] if self.obs_mode == "pixels" else self._raw_obs
 
-    def _render_cameras(self) -> dict[str, np.ndarray]:
-        if self._renderer is None:
-            self._renderer = CameraRenderer(self._mw.model, self.cameras, self.image_size, flip=_UPSIDE_DOWN)
-        return self._renderer.render(self._mw.data)
-
     def expert_action(self) -> np.ndarray:
         with warnings.catch_warnings():  # Meta-World's policies warn that they saturate; we clip
             warnings.simplefilter("ignore", UserWarning)
@@ -105,15 +95,9 @@ class MetaWorldEnv(VlarlEnv):
         return self._raw_obs.astype(np.float32)
 
     @property
-    def mj_model(self):
-        return self._mw.model
-
-    @property
-    def mj_data(self):
-        return self._mw.data
+    def spec_name(self) -> str:
+        return f"metaworld/{self.task}"
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        super().close()
         self._mw.close()

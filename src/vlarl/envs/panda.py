@@ -6,13 +6,14 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from typing import Any  # noqa: E402
+from typing import Any
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
-from vlarl.envs.base import VlarlEnv  # noqa: E402
-from vlarl.envs.rendering import CameraRenderer, close_renderer  # noqa: E402
+from vlarl.envs.mujoco_base import MujocoEnv
+from vlarl.envs.rendering import close_renderer
+from vlarl.errors import VlarlError, unknown
 
 PANDA_CAMERAS = {"front": "front", "wrist": "handcam_rgb"}
 EE_STEP = 0.025  # metres per unit action, gym-hil's default
@@ -21,7 +22,7 @@ _BLOCK_XY_LOW, _BLOCK_XY_HIGH = np.array([0.3, -0.15]), np.array([0.5, 0.15])
 PROPRIO_DIM = 18  # joint pos 7, joint vel 7, gripper 1, tcp xyz 3
 
 
-class PandaPickCubeEnv(VlarlEnv):
+class PandaPickCubeEnv(MujocoEnv):
     """Lift the cube 10 cm. Action: (dx, dy, dz, gripper) in [-1, 1]; gripper +1 closes.
 
     ``state`` is the 18-d proprio in ``pixels`` mode and proprio + cube xyz otherwise.
@@ -44,8 +45,6 @@ class PandaPickCubeEnv(VlarlEnv):
             raise ValueError(f"panda/pick-cube: reward must be 'dense' or 'sparse', got {reward!r}")
         for cam in cameras:
             if cam not in PANDA_CAMERAS:
-                from vlarl.errors import VlarlError, unknown
-
                 raise VlarlError(unknown("camera", cam, PANDA_CAMERAS, "panda/pick-cube"))
         self._hil = PandaPickCubeGymEnv(image_obs=False, reward_type=reward, random_block_position=False)
         close_renderer(self._hil._viewer)  # it opens a renderer we never use; ours is below
@@ -63,15 +62,7 @@ class PandaPickCubeEnv(VlarlEnv):
             episode_length=episode_length,
             terminate_on_success=terminate_on_success,
         )
-        self._renderer = None
-        if "pixels" in obs_mode:
-            self._renderer = CameraRenderer(
-                self._hil.model,
-                [PANDA_CAMERAS[c] for c in self.cameras],
-                image_size,
-                fast=fast_render,
-                where="panda/pick-cube",
-            )
+        self._init_mujoco(self._hil.model, self._hil.data, PANDA_CAMERAS, fast_render)
 
     # --- simulator ----------------------------------------------------------------------
     def _reset_sim(self, rng: np.random.Generator) -> None:
@@ -118,12 +109,6 @@ class PandaPickCubeEnv(VlarlEnv):
             return self._proprio()
         return np.concatenate([self._proprio(), self._block().astype(np.float32)])
 
-    def _render_cameras(self) -> dict[str, np.ndarray]:
-        if self._renderer is None:
-            self._renderer = CameraRenderer(self._hil.model, [PANDA_CAMERAS[c] for c in self.cameras], self.image_size)
-        images = self._renderer.render(self._hil.data)
-        return {cam: images[PANDA_CAMERAS[cam]] for cam in self.cameras}
-
     # --- expert -------------------------------------------------------------------------
     def expert_action(self) -> np.ndarray:
         """Approach above the cube, descend, close, lift. Decided from the state alone, so
@@ -148,14 +133,5 @@ class PandaPickCubeEnv(VlarlEnv):
         return np.concatenate([self._proprio(), self._block().astype(np.float32)])
 
     @property
-    def mj_model(self):
-        return self._hil.model
-
-    @property
-    def mj_data(self):
-        return self._hil.data
-
-    def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+    def spec_name(self) -> str:
+        return "panda/pick-cube"

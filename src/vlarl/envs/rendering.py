@@ -11,12 +11,12 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Sequence
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
-from vlarl.errors import unknown, VlarlError  # noqa: E402
+from vlarl.errors import VlarlError, unknown
 
 
 def apply_fast_render_settings(model: mujoco.MjModel) -> None:

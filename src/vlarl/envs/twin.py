@@ -38,7 +38,7 @@ class TwinConfig:
     def random(cls, seed: int, strength: float = 0.2, max_delay: int = 2, action_noise: float = 0.0) -> TwinConfig:
         """Factors drawn uniformly in [1 - strength, 1 + strength], reproducibly from ``seed``."""
         rng = np.random.default_rng(seed)
-        f = lambda: float(rng.uniform(1 - strength, 1 + strength))  # noqa: E731
+        f = lambda: float(rng.uniform(1 - strength, 1 + strength))
         return cls(f(), f(), f(), f(), int(rng.integers(0, max_delay + 1)), action_noise, seed)
 
     @classmethod

@@ -37,10 +37,17 @@ class DemoConfig:
     video_episodes: int = 3
 
 
-def run_demo(cfg: DemoConfig, progress: bool = True) -> dict[str, Any]:
-    root = Path(cfg.run_dir)
-    cfg.collect.out = str(root / "dataset")
-    with Run.create(root.parent, root.name, cfg, exist_ok=True) as run:
+def run_demo(cfg: DemoConfig | None = None, progress: bool = True, resume: Run | None = None) -> dict[str, Any]:
+    """Run the demo; with ``resume`` (a reopened run) continue that run's collection."""
+    if resume is None:
+        assert cfg is not None
+        root = Path(cfg.run_dir)
+        cfg.collect.out = str(root / "dataset")
+        run = Run.create(root.parent, root.name, cfg, exist_ok=True)
+    else:
+        run, cfg = resume, resume.config
+        root = run.path
+    with run:
         info = collect(cfg.collect, progress=progress)
         data = EpisodeDataset(cfg.collect.out)
         rewards, successes, frames = [], [], []
