@@ -150,7 +150,8 @@ class EpisodeWriter:
             stale.unlink()
         # Never reuse the number of a file already on disk, indexed or not: nothing is overwritten.
         on_disk = [int(p.stem.split("_")[1]) for p in self.root.glob("data/chunk-*/episode_*.npz")]
-        self.num_episodes = max([e.episode_index + 1 for e in episodes] + [i + 1 for i in on_disk] + [0])
+        self.next_index = max([e.episode_index + 1 for e in episodes] + [i + 1 for i in on_disk] + [0])
+        self.num_episodes = len(episodes)
         self._recorder: EpisodeRecorder | None = None
 
     # --- step by step -------------------------------------------------------------------
@@ -188,7 +189,7 @@ class EpisodeWriter:
             raise DatasetError(f"{self.root}: unknown episode source {source!r}; valid: {', '.join(SOURCES)}")
         length = _check_episode(arrays, self.root)
         self._check_features(arrays)
-        index = self.num_episodes
+        index = self.next_index
         rel = Path("data") / f"chunk-{index // self.info['chunk_size']:03d}" / f"episode_{index:06d}.npz"
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,7 @@ class EpisodeWriter:
             f.write(json.dumps(dataclasses.asdict(meta)) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self.next_index += 1
         self.num_episodes += 1
         return meta
 
