@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlarl.envs.spaces import action_space, check_obs_mode, observation_space
+from vlarl.errors import VlarlError
 
 
 class VlarlEnv(gym.Env):
@@ -35,7 +36,7 @@ class VlarlEnv(gym.Env):
         episode_length: int,
         terminate_on_success: bool,
     ) -> None:
-        check_obs_mode(obs_mode)
+        check_obs_mode(obs_mode, where=task)
         self.task = task
         self.instruction = instruction
         self.obs_mode = obs_mode
@@ -83,7 +84,7 @@ class VlarlEnv(gym.Env):
     def step(self, action):
         action = np.asarray(action, dtype=np.float32)
         if action.shape != self.action_space.shape:
-            raise ValueError(f"{self.task}: action shape {action.shape}, expected {self.action_space.shape}")
+            raise VlarlError(f"{self.task}: action shape {action.shape}, expected {self.action_space.shape}")
         action = np.clip(action, -1.0, 1.0)
         reward, success, extra = self._step_sim(action)
         self._t += 1

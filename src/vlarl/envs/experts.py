@@ -5,6 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from vlarl.errors import VlarlError
+
 
 class ScriptedExpert:
     """Calls the env's scripted expert and adds Gaussian noise of std ``noise``.
@@ -15,7 +17,7 @@ class ScriptedExpert:
 
     def __init__(self, env: gym.Env, noise: float = 0.0, seed: int | None = None) -> None:
         if noise < 0:
-            raise ValueError(f"expert noise must be >= 0, got {noise}")
+            raise VlarlError(f"expert noise must be >= 0, got {noise}")
         self.env = env.unwrapped
         self.noise = float(noise)
         self.rng = np.random.default_rng(seed)

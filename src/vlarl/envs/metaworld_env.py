@@ -13,6 +13,7 @@ import numpy as np
 
 from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS
 from vlarl.envs.mujoco_base import MujocoEnv
+from vlarl.errors import VlarlError
 
 METAWORLD_TASKS = tuple(METAWORLD_INSTRUCTIONS)
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
@@ -43,7 +44,7 @@ class MetaWorldEnv(MujocoEnv):
         from metaworld.policies import ENV_POLICY_MAP
 
         if reward not in ("dense", "sparse"):
-            raise ValueError(f"metaworld/{task}: reward must be 'dense' or 'sparse', got {reward!r}")
+            raise VlarlError(f"metaworld/{task}: reward must be 'dense' or 'sparse', got {reward!r}")
         mw = ALL_V3_ENVIRONMENTS[f"{task}-v3"]()
         # What Meta-World's goal-observable variants do, without their fixed camera settings:
         # goal in the observation, a fresh object/goal position drawn from np_random per reset.

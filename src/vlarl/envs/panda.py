@@ -42,7 +42,7 @@ class PandaPickCubeEnv(MujocoEnv):
         from gym_hil.envs.panda_pick_gym_env import PandaPickCubeGymEnv
 
         if reward not in ("dense", "sparse"):
-            raise ValueError(f"panda/pick-cube: reward must be 'dense' or 'sparse', got {reward!r}")
+            raise VlarlError(f"panda/pick-cube: reward must be 'dense' or 'sparse', got {reward!r}")
         for cam in cameras:
             if cam not in PANDA_CAMERAS:
                 raise VlarlError(unknown("camera", cam, PANDA_CAMERAS, "panda/pick-cube"))

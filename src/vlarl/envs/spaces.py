@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 from gymnasium import spaces
 
-from vlarl.errors import VlarlError
+from vlarl.errors import VlarlError, unknown
 
 OBS_MODES = ("state", "pixels", "state+pixels")
 
 
-def check_obs_mode(obs_mode: str) -> None:
+def check_obs_mode(obs_mode: str, where: str = "") -> None:
     if obs_mode not in OBS_MODES:
-        raise VlarlError(f"unknown obs_mode {obs_mode!r}; valid: {', '.join(OBS_MODES)}")
+        raise VlarlError(unknown("obs_mode", obs_mode, OBS_MODES, where))
 
 
 def observation_space(state_dim: int, cameras: Sequence[str], image_size: int, with_pixels: bool) -> spaces.Dict:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vlarl.envs.base import VlarlEnv
+from vlarl.errors import VlarlError
 
 AGENT_RGB = np.array([230, 40, 40], np.uint8)
 GOAL_RGB = np.array([40, 200, 60], np.uint8)
@@ -32,9 +33,9 @@ class ToyReachEnv(VlarlEnv):
         terminate_on_success: bool = True,
     ) -> None:
         if tuple(cameras) != ("top",):
-            raise ValueError(f"toy/reach has one camera 'top', got {cameras}")
+            raise VlarlError(f"toy/reach has one camera 'top', got {cameras}")
         if reward not in ("dense", "sparse"):
-            raise ValueError(f"toy/reach: reward must be 'dense' or 'sparse', got {reward!r}")
+            raise VlarlError(f"toy/reach: reward must be 'dense' or 'sparse', got {reward!r}")
         super().__init__(
             task="reach",
             instruction="move the red dot to the green target",

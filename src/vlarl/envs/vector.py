@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 
 from vlarl.envs.registry import make
+from vlarl.errors import VlarlError
 
 
 def make_vec(
@@ -26,7 +27,7 @@ def make_vec(
     ``vec.reset(seed=s)``: worker i gets seed s + i.
     """
     if n < 1:
-        raise ValueError(f"make_vec: n must be >= 1, got {n}")
+        raise VlarlError(f"make_vec: n must be >= 1, got {n}")
     fns = [functools.partial(make, name, **options) for _ in range(n)]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if asynchronous:
