@@ -47,6 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--verify", action="store_true", help="read every episode file and report damage")
     info.add_argument("--json", action="store_true", help="print JSON")
 
+    train = sub.add_parser("train", help="train a policy")
+    train_sub = train.add_subparsers(dest="recipe", required=True)
+    sft = train_sub.add_parser("sft", help="supervised fine-tuning on episode datasets")
+    sft.add_argument("--config", help="YAML recipe")
+    sft.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=5000 policy.head=tokens")
+
+    ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
+    ev.add_argument("path", metavar="RUN_OR_CHECKPOINT")
+    ev.add_argument("--episodes", type=int)
+    ev.add_argument("--envs", type=int, help="parallel env processes")
+    ev.add_argument("--env", dest="env_names", action="append", help="evaluate on this env (repeatable)")
+    ev.add_argument("--episode-length", type=int)
+    ev.add_argument("--videos", type=int)
+    ev.add_argument("--twin-seed", type=int, help="evaluate on a physics twin drawn from this seed")
+    ev.add_argument("--twin-strength", type=float)
+    ev.add_argument("--out")
+
     sub.add_parser("envs", help="list the registered envs and their instructions")
     return p
 
@@ -85,6 +103,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dataset":
         return _dataset_info(args)
+    if args.command == "train":
+        from vlarl.recipes.sft import SFTConfig, train_sft
+        from vlarl.runtime import Run
+
+        if args.resume:
+            results = train_sft(resume=Run.resume(args.resume, SFTConfig, args.overrides))
+        else:
+            results = train_sft(load_config(SFTConfig, args.config, args.overrides))
+        print(json.dumps({k: v for k, v in results.items() if k != "per_task"}, indent=2))
+        return 0
+    if args.command == "eval":
+        from vlarl.recipes.evaluate_run import EvalConfig, evaluate_run
+
+        keys = ("episodes", "envs", "env_names", "episode_length", "videos", "twin_seed", "twin_strength", "out")
+        cfg = EvalConfig(**{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+        summary = evaluate_run(args.path, cfg)
+        for env, r in summary["per_task"].items():
+            lo, hi = r["ci95"]
+            print(f"{env:36s} success {r['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})  mean length {r['mean_length']:.1f}")
+        print(f"mean success {summary['mean_success']:.3f}; results in {summary['out']}")
+        return 0
     if args.command == "envs":
         from vlarl.envs import ENV_NAMES
         from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS

@@ -100,7 +100,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
             successes += result.success
             if result.success or not cfg.only_successful:
                 writer.write_episode(result.arrays, task, instruction, cfg.source, result.success,
-                                     seed=seed, noise=cfg.noise, env=cfg.env.name)
+                                     seed=seed, noise=cfg.noise, env=cfg.env.name, env_options=cfg.env.kwargs())
                 kept += 1
             bar.update(1)
             bar.set_postfix(success=f"{successes / n:.2f}")

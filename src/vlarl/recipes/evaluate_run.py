@@ -1,0 +1,78 @@
+"""``vlarl eval RUN_OR_CHECKPOINT``: evaluate a trained policy on its tasks (or given envs),
+optionally on a physics twin; JSON, a Markdown table and videos."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlarl.errors import CheckpointError
+from vlarl.runtime import latest_checkpoint, load_checkpoint
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 20
+    envs: int = 2
+    env_names: list[str] = field(default_factory=list)  # default: the tasks the policy was trained on
+    episode_length: int | None = None
+    videos: int = 2
+    twin_seed: int | None = None  # evaluate on TwinConfig.random(twin_seed, twin_strength)
+    twin_strength: float = 0.2
+    seed: int = 0
+    out: str | None = None
+
+
+def resolve(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint directory) for a run or a checkpoint path."""
+    path = Path(path)
+    if (path / "meta.json").exists() and path.parent.name == "checkpoints":
+        run, ckpt = path.parent.parent, path
+    else:
+        run, ckpt = path, latest_checkpoint(path / "checkpoints")
+        if ckpt is None:
+            raise CheckpointError(f"{path}: no complete checkpoint under {path / 'checkpoints'}")
+    if not (run / "policy.json").exists():
+        raise CheckpointError(f"{run}: no policy.json; is this a vlarl training run?")
+    return run, ckpt
+
+
+def evaluate_run(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
+    from vlarl.envs import TwinConfig
+    from vlarl.eval.evaluate import results_table
+    from vlarl.models.language import InstructionEncoder
+    from vlarl.recipes.sft import SFTConfig, build_policy, evaluate_policy
+
+    run, ckpt = resolve(path)
+    spec = json.loads((run / "policy.json").read_text())
+    policy = build_policy(spec)
+    load_checkpoint(ckpt, {"policy": policy}, restore_rng=False)
+    tasks = spec["tasks"]
+    if cfg.env_names:
+        from vlarl.envs import (
+            env_class,  # validates names
+            make,
+        )
+
+        tasks = {}
+        for name in cfg.env_names:
+            env_class(name)
+            env = make(name)
+            tasks[env.unwrapped.instruction] = {"env": name, "options": next(iter(spec["tasks"].values()))["options"]}
+            env.close()
+    twin = TwinConfig.random(cfg.twin_seed, cfg.twin_strength) if cfg.twin_seed is not None else None
+    out = Path(cfg.out) if cfg.out else run / ("eval_twin" if twin else "eval_final")
+    out.mkdir(parents=True, exist_ok=True)
+    sft_like = SFTConfig(eval_episodes=cfg.episodes, eval_envs=cfg.envs, eval_episode_length=cfg.episode_length,
+                         seed=cfg.seed)
+    results = evaluate_policy(policy, InstructionEncoder(), tasks, sft_like, out, videos=cfg.videos, twin=twin)
+    summary = {"run": str(run), "checkpoint": str(ckpt), "twin": twin.__dict__ if twin else None,
+               "mean_success": sum(r["success_rate"] for r in results.values()) / max(len(results), 1),
+               "per_task": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    title = f"Evaluation of {ckpt}" + (f" on twin {twin}" if twin else "")
+    (out / "results.md").write_text(results_table(results, title))
+    summary["out"] = str(out)
+    return summary

@@ -1,0 +1,297 @@
+"""Supervised fine-tuning (SFT) of a VLA policy on episode datasets, multi-task and
+language-conditioned, with periodic evaluation, checkpoints and resume.
+
+With a frozen encoder the image tokens of every frame are computed once and cached, so
+training steps run only the trunk and head. Random-shift augmentation applies when the
+encoder runs live (trainable encoder or ``cache_features=false``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vlarl.algos.bc import bc_loss
+from vlarl.data import EpisodeDataset
+from vlarl.errors import VlarlError
+from vlarl.models.policy import PolicyConfig, VLAPolicy
+from vlarl.runtime import Run, seed_everything
+
+
+@dataclass
+class SFTConfig:
+    datasets: list[str] = field(default_factory=lambda: ["data/demos"])
+    episodes_per_dataset: int | None = None  # the first N episodes of each (low-data runs)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    augment: bool = True
+    cache_features: bool = True
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_episodes: int = 10
+    eval_envs: int = 2
+    eval_episode_length: int | None = None
+    video_episodes: int = 2
+    save_every: int = 500
+    log_every: int = 50
+    measure_cache_speedup: bool = False
+    seed: int = 0
+    run_dir: str = "runs/sft"
+    device: str = "auto"
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+
+
+# --- data ---------------------------------------------------------------------------------
+class SFTData:
+    """Every (observation, action chunk, instruction) of the datasets, in memory as tensors
+    (images stay uint8)."""
+
+    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None = None) -> None:
+        images: dict[str, list[np.ndarray]] = {}
+        states, actions, instr = [], [], []
+        self.instructions: list[str] = []
+        self.tasks: dict[str, dict[str, Any]] = {}  # instruction -> env name and options
+        cameras = None
+        for path in paths:
+            data = EpisodeDataset(path)
+            if cameras is None:
+                cameras = data.cameras
+            elif data.cameras != cameras:
+                raise VlarlError(f"{path}: cameras {data.cameras} differ from the first dataset's {cameras}")
+            for i, meta in enumerate(data.episodes[:episodes_per_dataset]):
+                ep = data.load(i)
+                t = meta.length
+                if meta.instruction not in self.instructions:
+                    self.instructions.append(meta.instruction)
+                    self.tasks[meta.instruction] = {"env": meta.extra.get("env"), "options": meta.extra.get("env_options", {})}
+                for cam in cameras:
+                    images.setdefault(cam, []).append(ep[f"observation.images.{cam}"][:t])
+                states.append(ep["observation.state"][:t])
+                # chunk k: actions t .. t+k-1, the last action repeated past the episode's end
+                a = ep["action"]
+                idx = np.minimum(np.arange(t)[:, None] + np.arange(chunk)[None], t - 1)
+                actions.append(a[idx])
+                instr.append(np.full(t, self.instructions.index(meta.instruction)))
+        if not states:
+            raise VlarlError(f"no episodes in {paths}")
+        if not cameras:
+            raise VlarlError(f"{paths[0]}: the datasets hold no images; SFT of a VLA policy needs pixels")
+        self.cameras = cameras
+        self.images = {c: torch.from_numpy(np.concatenate(v)) for c, v in images.items()}
+        self.state = torch.from_numpy(np.concatenate(states)).float()
+        self.actions = torch.from_numpy(np.concatenate(actions)).float()
+        self.instr = torch.from_numpy(np.concatenate(instr)).long()
+        self.image_size = self.images[cameras[0]].shape[1]
+        self.state_dim, self.action_dim = self.state.shape[1], self.actions.shape[2]
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """DrQ's augmentation: pad by replicating edges, crop back at a random offset per image."""
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(b, 3, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(b, 3, h, w)
+    return out.gather(3, cols).permute(0, 2, 3, 1).to(images.dtype)
+
+
+# --- training -----------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+@torch.no_grad()
+def cache_tokens(policy: VLAPolicy, data: SFTData, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """Image tokens of every frame, computed once (float16)."""
+    out = []
+    for start in range(0, len(data), batch):
+        pixels = {c: data.images[c][start : start + batch].to(device) for c in data.cameras}
+        out.append(policy.encode_images(pixels).half())
+    return torch.cat(out)
+
+
+def policy_spec(policy: VLAPolicy, data: SFTData) -> dict[str, Any]:
+    """What rebuilding the policy needs, without the data (saved as policy.json)."""
+    return {"policy": asdict(policy.cfg), "cameras": policy.cameras, "image_size": policy.image_size,
+            "state_dim": policy.state_dim, "action_dim": policy.action_dim, "tasks": data.tasks}
+
+
+def build_policy(spec: dict[str, Any]) -> VLAPolicy:
+    return VLAPolicy(PolicyConfig(**spec["policy"]), spec["cameras"], spec["image_size"], spec["state_dim"], spec["action_dim"])
+
+
+def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
+    from vlarl.models.language import InstructionEncoder
+
+    if resume is None:
+        assert cfg is not None
+        root = Path(cfg.run_dir)
+        run = Run.create(root.parent, root.name, cfg)
+    else:
+        run, cfg = resume, resume.config
+    device = _device(cfg.device)
+    rng = seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = SFTData(cfg.datasets, cfg.policy.chunk, cfg.episodes_per_dataset)
+    lang = InstructionEncoder()
+    lang_table = lang(data.instructions).to(device)
+    policy = VLAPolicy(cfg.policy, data.cameras, data.image_size, data.state_dim, data.action_dim).to(device)
+    (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    counters = run.restore({"policy": policy}, {"opt": opt}, {"rng": rng}) or {"step": 0, "train_seconds": 0.0}
+    cached = cfg.cache_features and policy.encoder_frozen
+    cache = cache_tokens(policy, data, device) if cached else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    state, actions, instr = data.state.to(device), data.actions.to(device), data.instr.to(device)
+
+    def batch_tokens(idx: torch.Tensor, use_cache: bool) -> torch.Tensor:
+        if use_cache:
+            assert cache is not None
+            return cache[idx.to(device)]
+        pixels = {c: data.images[c][idx] for c in data.cameras}
+        if cfg.augment:
+            pixels = {c: random_shift(v, 4, gen) for c, v in pixels.items()}
+        return policy.encode_images({c: v.to(device) for c, v in pixels.items()})
+
+    def train_step(idx: torch.Tensor, use_cache: bool, update: bool = True) -> torch.Tensor:
+        with autocast:
+            loss = bc_loss(policy, batch_tokens(idx, use_cache), state[idx], lang_table[instr[idx]], actions[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if update:
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+        return loss.detach()
+
+    results: dict[str, Any] = {"cached_features": cached, "frames": len(data), "tasks": list(data.tasks)}
+    if cfg.measure_cache_speedup and cached:
+        results.update(_cache_speedup(train_step, len(data), cfg.batch_size, gen))
+    policy.train()
+    step = counters["step"]
+    bar = tqdm(total=cfg.steps, initial=step, desc="sft", unit="step", disable=not progress)
+    t_start, losses = time.perf_counter(), []
+    while step < cfg.steps:
+        idx = torch.from_numpy(rng.integers(0, len(data), cfg.batch_size))
+        losses.append(train_step(idx, cached))
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            loss = torch.stack(losses).mean().item()
+            losses.clear()
+            run.log(step, loss=loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            _log_eval(run, step, evaluate_policy(policy, lang, data.tasks, cfg, run.path / f"eval_{step}"))
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            counters = {"step": step, "train_seconds": counters["train_seconds"] + time.perf_counter() - t_start}
+            t_start = time.perf_counter()
+            run.save(step, {"policy": policy}, {"opt": opt}, counters, {"rng": rng})
+    bar.close()
+    final = evaluate_policy(policy, lang, data.tasks, cfg, run.path / "eval", videos=cfg.video_episodes)
+    _log_eval(run, step, final)
+    results.update(_summary(final), train_seconds=counters["train_seconds"], steps=step)
+    run.write_results(results)
+    from vlarl.eval.evaluate import results_table
+
+    (run.path / "eval.md").write_text(results_table(final, f"SFT policy ({run.path})"))
+    plot_training(run.path)
+    run.close()
+    return results
+
+
+def _cache_speedup(train_step, n: int, batch: int, gen: torch.Generator, steps: int = 8) -> dict[str, float]:
+    """SFT samples/s with cached tokens over live encoding, on the same batches, no update."""
+    batches = [torch.randint(0, n, (batch,), generator=gen) for _ in range(steps)]
+    rates = {}
+    for use_cache in (True, False):
+        train_step(batches[0], use_cache, update=False)  # warm-up
+        t0 = time.perf_counter()
+        for idx in batches:
+            train_step(idx, use_cache, update=False)
+        rates[use_cache] = steps * batch / (time.perf_counter() - t0)
+    return {"samples_per_s_cached": rates[True], "samples_per_s_uncached": rates[False],
+            "cached_speedup": rates[True] / rates[False]}
+
+
+def evaluate_policy(policy: VLAPolicy, lang, tasks: dict[str, dict[str, Any]], cfg: SFTConfig, out_dir: Path,
+                    videos: int = 0, twin: Any = None) -> dict[str, dict[str, Any]]:
+    """Success of ``policy`` on every task's env (``tasks`` from the datasets' metadata)."""
+    from vlarl.eval.evaluate import evaluate
+
+    was_training = policy.training
+    policy.eval()
+    results = {}
+    for instruction, task in tasks.items():
+        if not task.get("env"):
+            continue
+        options = dict(task.get("options", {}))
+        if cfg.eval_episode_length:
+            options["episode_length"] = cfg.eval_episode_length
+        if twin is not None:
+            options["twin"] = twin
+        emb = lang([instruction])
+
+        def act(obs, _instructions, emb=emb):
+            return policy.act(obs, emb.expand(len(obs["state"]), -1))
+
+        video = out_dir / f"{task['env'].replace('/', '_')}.mp4" if videos else None
+        results[task["env"]] = evaluate(act, task["env"], cfg.eval_episodes, cfg.eval_envs, seed=10_000 + cfg.seed,
+                                        env_options=options, video_path=video, video_episodes=videos)
+    policy.train(was_training)
+    return results
+
+
+def _summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    per_task = {e: {k: r[k] for k in ("success_rate", "ci95", "mean_length", "episodes") if k in r} | (
+        {"video": r["video"]} if "video" in r else {}) for e, r in results.items()}
+    rates = [r["success_rate"] for r in results.values()]
+    return {"mean_success": float(np.mean(rates)) if rates else None, "per_task": per_task}
+
+
+def _log_eval(run: Run, step: int, results: dict[str, dict[str, Any]]) -> None:
+    if results:
+        run.log(step, mean_success=float(np.mean([r["success_rate"] for r in results.values()])),
+                **{f"success/{e}": r["success_rate"] for e, r in results.items()})
+
+
+def plot_training(run_path: Path) -> Path | None:
+    """Loss and success against training step, from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    succ = [(r["step"], r["mean_success"]) for r in rows if "mean_success" in r]
+    if not loss:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(*zip(*loss), label="training loss", color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    if succ:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*succ), "o-", color="tab:green", label="success")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("mean success")
+    ax.set_title("SFT")
+    fig.tight_layout()
+    path = run_path / "training.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
