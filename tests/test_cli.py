@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from vlarl.cli import main
 
@@ -48,32 +49,36 @@ def test_dataset_info_on_a_damaged_dataset(tmp_path, capsys):
 
 
 def test_console_script_demo_small(tmp_path):
-    """The demo end to end, shrunk: dataset, video, plot and summary with a success rate."""
+    """The demo end to end, shrunk: collect -> SFT -> eval with a table, a plot and a video."""
     run_dir = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "collect.episodes=2", "collect.workers=1",
-         "collect.env.image_size=48", "video_episodes=1"],
+         "collect.env.image_size=48", "sft.steps=20", "sft.eval_episodes=2", "sft.eval_envs=1",
+         "sft.video_episodes=1", "sft.log_every=10"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "success rate" in proc.stdout
+    assert "success" in proc.stdout and "metaworld/drawer-open" in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["episodes"] == 2 and 0.0 <= summary["success_rate"] <= 1.0
-    assert summary["success_ci95"][0] <= summary["success_rate"] <= summary["success_ci95"][1]
-    assert (run_dir / "episodes.png").stat().st_size > 0
-    assert (run_dir / summary["video"].split("/")[-1]).stat().st_size > 0
-    assert list((run_dir / "tb").iterdir())
+    assert summary["demos"] == 2 and summary["sft_steps"] == 20
+    result = summary["per_task"]["metaworld/drawer-open"]
+    assert result["episodes"] == 2 and result["ci95"][0] <= result["success_rate"] <= result["ci95"][1]
+    assert (run_dir / "sft" / "training.png").stat().st_size > 0
+    assert "| metaworld/drawer-open |" in (run_dir / "sft" / "eval.md").read_text()
+    assert all(Path(v).stat().st_size > 0 for v in summary["videos"]) and summary["videos"]
+    assert list((run_dir / "sft" / "tb").iterdir())
 
 
 def test_demo_resume_continues_the_saved_run(tmp_path, capsys):
     run_dir = tmp_path / "demo"
     small = ["collect.env.name=toy/reach", "collect.env.image_size=16", "collect.env.cameras=[top]",
-             "collect.env.episode_length=20", "collect.workers=1"]
-    assert main(["demo", f"run_dir={run_dir}", "collect.episodes=2", *small]) == 0
-    # The saved config is used; an override may raise the episode target.
-    assert main(["demo", "--resume", str(run_dir), "collect.episodes=3"]) == 0
+             "collect.env.episode_length=20", "collect.workers=1", "sft.policy.encoder=conv", "sft.policy.dim=32",
+             "sft.policy.layers=1", "sft.eval_episodes=2", "sft.eval_envs=1", "sft.save_every=5", "sft.log_every=5"]
+    assert main(["demo", f"run_dir={run_dir}", "collect.episodes=2", "sft.steps=5", *small]) == 0
+    # The saved config is used; overrides may raise the targets.
+    assert main(["demo", "--resume", str(run_dir), "collect.episodes=3", "sft.steps=10"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["episodes"] == 3 and summary["collect"]["already_there"] == 2
-    assert summary["env"] == "toy/reach"
+    assert summary["demos"] == 3 and summary["collect"]["already_there"] == 2
+    assert summary["env"] == "toy/reach" and summary["sft_steps"] == 10
     assert main(["demo", "--resume", str(tmp_path / "nope")]) == 2
     assert "not a run directory" in capsys.readouterr().err

@@ -49,12 +49,15 @@ class Run:
         return cls(path, config)
 
     @classmethod
-    def resume(cls, path: str | Path, config_cls: type[C], overrides: list[str] | tuple[str, ...] = ()) -> Run:
-        """Reopen a run; ``overrides`` may change settings such as the total step count."""
+    def resume(cls, path: str | Path, config_cls: type[C], overrides: list[str] | tuple[str, ...] = (),
+               config: C | None = None) -> Run:
+        """Reopen a run; ``overrides`` (or a whole new ``config``, as a parent recipe that
+        owns this run passes) may change settings such as the total step count."""
         path = Path(path)
         if not (path / "config.yaml").exists():
             raise VlarlError(f"{path}: not a run directory (no config.yaml)")
-        config = load_config(config_cls, path / "config.yaml", overrides)
+        if config is None:
+            config = load_config(config_cls, path / "config.yaml", overrides)
         ckpt = latest_checkpoint(path / "checkpoints")
         step = json.loads((ckpt / "meta.json").read_text())["step"] if ckpt else None
         _truncate_metrics(path / "metrics.jsonl", step)
