@@ -86,3 +86,16 @@ def test_sft_resume_continues_from_checkpoint(toy_demos, tmp_path):
 def test_eval_errors_are_clear(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_mismatched_checkpoint_is_a_clear_error(toy_demos, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = SFTConfig(datasets=[toy_demos], policy=PolicyConfig(encoder="conv", dim=32, layers=1), steps=2,
+                    eval_episodes=1, eval_envs=1, save_every=2, run_dir=str(run))
+    train_sft(cfg, progress=False)
+    spec = json.loads((run / "policy.json").read_text())
+    spec["policy"]["dim"] = 64  # the architecture no longer matches the saved weights
+    (run / "policy.json").write_text(json.dumps(spec))
+    assert main(["eval", str(run), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "policy.safetensors: cannot load into policy" in err and "size mismatch" in err
