@@ -110,7 +110,9 @@ def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.
 
 # --- training -----------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @torch.no_grad()
@@ -152,6 +154,8 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     counters = run.restore({"policy": policy}, {"opt": opt}, {"rng": rng}) or {"step": 0, "train_seconds": 0.0}
+    if "shift_rng" in counters:
+        gen.set_state(counters["shift_rng"])
     cached = cfg.cache_features and policy.encoder_frozen
     cache = cache_tokens(policy, data, device) if cached else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
@@ -196,7 +200,8 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             _log_eval(run, step, evaluate_policy(policy, lang, data.tasks, cfg, run.path / f"eval_{step}"))
         if step % cfg.save_every == 0 or step == cfg.steps:
-            counters = {"step": step, "train_seconds": counters["train_seconds"] + time.perf_counter() - t_start}
+            counters = {"step": step, "train_seconds": counters["train_seconds"] + time.perf_counter() - t_start,
+                        "shift_rng": gen.get_state()}
             t_start = time.perf_counter()
             run.save(step, {"policy": policy}, {"opt": opt}, counters, {"rng": rng})
     bar.close()
