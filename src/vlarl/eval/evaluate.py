@@ -25,6 +25,7 @@ def evaluate(
     env_options: dict[str, Any] | None = None,
     video_path: str | Path | None = None,
     video_episodes: int = 2,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """``act(obs_batch, instructions) -> actions (n, A)``; returns success rate with its 95%
     Wilson interval, mean length and return, and per-episode records."""
@@ -35,6 +36,9 @@ def evaluate(
     vec = make_vec(env_name, num_envs, asynchronous=num_envs > 1, **(env_options or {}))
     records: list[dict[str, Any]] = []
     frames: list[np.ndarray] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=episodes, desc=f"eval {env_name}", unit="ep", disable=not progress, leave=False)
     try:
         instructions = list(vec.get_attr("instruction"))
         first_camera = None
@@ -64,8 +68,11 @@ def evaluate(
                     records.append({"env_index": int(i), "success": bool(ep_success[i]), "length": int(ep_len[i]),
                                     "return": float(ep_return[i])})
                     done_count[i] += 1
+                    bar.update(1)
+                    bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.2f}")
                 ep_return[i], ep_len[i], ep_success[i] = 0.0, 0, False
     finally:
+        bar.close()
         vec.close()
     k = sum(r["success"] for r in records)
     lo, hi = wilson_interval(k, len(records))
