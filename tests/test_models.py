@@ -19,8 +19,9 @@ def test_encoder_shapes_and_frozen_pretrained():
     out = eff(images(2, 84))
     assert out.shape == (2, 25, 112)  # a 5x5 grid at stride 16
     assert not any(p.requires_grad for p in eff.parameters())
+    assert not any(m.training for m in eff.modules())  # frozen: batch norm in eval mode from the start
     eff.train()
-    assert not eff.training  # frozen: batch norm stays in eval mode
+    assert not any(m.training for m in eff.modules())
     assert ConvEncoder()(images(2, 84)).shape == (2, 36, 64)
     # The pretrained weights are really loaded: they differ from a fresh random init.
     from efficientnet_lite_pytorch import EfficientNet
@@ -150,3 +151,19 @@ def test_policy_rejects_wrong_inputs():
         policy({"a": pixels["a"]}, state, lang)
     with pytest.raises(VlarlError, match="unknown head 'mse'"):
         VLAPolicy(PolicyConfig(encoder="conv", head="mse"), ["a"], 32, 3, 2)
+
+
+def test_cached_tokens_equal_live_tokens_at_inference():
+    """Tokens cached right after construction must be what the policy sees when acting."""
+    from vlarl.recipes.sft import SFTData, cache_tokens  # noqa: F401
+
+    policy = VLAPolicy(PolicyConfig(dim=32, layers=1), ["a"], 48, state_dim=3, action_dim=2)
+    px = {"a": images(4, 48)}
+    with torch.no_grad():
+        cached = policy.encode_images(px)  # as cache_tokens computes them, before training starts
+        policy.train()
+        during_training = policy.encode_images(px)
+        policy.eval()
+        acting = policy.encode_images(px)
+    torch.testing.assert_close(cached, acting)
+    torch.testing.assert_close(during_training, acting)

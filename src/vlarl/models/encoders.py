@@ -44,6 +44,7 @@ class EfficientNetLite0Encoder(nn.Module):
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
+            super().train(False)  # modules start in training mode; batch norm must not
 
     def train(self, mode: bool = True) -> EfficientNetLite0Encoder:
         # A frozen encoder keeps its ImageNet batch-norm statistics.
