@@ -32,7 +32,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--demos", type=int, default=50)
-    p.add_argument("--low-data", type=int, default=8)
+    p.add_argument("--low-data", type=int, nargs="+", default=[5, 8],
+                   help="demos per task of the low-data runs; the first is the reported starting point")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--image-size", type=int, default=84)
@@ -51,25 +52,30 @@ def main() -> None:
     doc: dict = {"command": "python " + " ".join(sys.argv), "tasks": list(TASKS), "env": env,
                  "collect_seconds": collect_seconds,
                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
-    runs = {"full": args.demos, "low_data": args.low_data}
+    runs = {"full": args.demos, **{f"low_data_{n}": n for n in args.low_data}}
     for label, n in runs.items():
+        run_dir = work / f"sft_{label}"
+        if (run_dir / "results.json").exists():  # a finished run of this configuration: reuse it
+            r = json.loads((run_dir / "results.json").read_text())
+            doc[label] = _entry(r, n, wall=None)
+            continue
         cfg = SFTConfig(datasets=datasets, episodes_per_dataset=n, policy=PolicyConfig(), steps=args.steps,
                         batch_size=128, lr=3e-4, eval_episodes=args.eval_episodes, eval_envs=2, video_episodes=1,
-                        measure_cache_speedup=True, save_every=1000, run_dir=str(work / f"sft_{label}_{n}"))
+                        measure_cache_speedup=True, save_every=1000, run_dir=str(run_dir))
         t = time.perf_counter()
-        r = train_sft(cfg)
-        doc[label] = {"demos_per_task": n, "mean_success": r["mean_success"], "per_task": r["per_task"],
-                      "train_seconds": r["train_seconds"], "wall_seconds": time.perf_counter() - t,
-                      "frames": r["frames"], "steps": r["steps"],
-                      "samples_per_s_cached": r.get("samples_per_s_cached"),
-                      "samples_per_s_uncached": r.get("samples_per_s_uncached"),
-                      "cached_speedup": r.get("cached_speedup")}
-        write(doc)
-    write(doc)
+        doc[label] = _entry(train_sft(cfg), n, wall=time.perf_counter() - t)
+        write(doc, args.low_data)
+    write(doc, args.low_data)
 
 
-def write(doc: dict) -> None:
-    full, low = doc.get("full"), doc.get("low_data")
+def _entry(r: dict, n: int, wall: float | None) -> dict:
+    keys = ("mean_success", "per_task", "train_seconds", "frames", "steps", "samples_per_s_cached",
+            "samples_per_s_uncached", "cached_speedup")
+    return {"demos_per_task": n, "wall_seconds": wall, **{k: r.get(k) for k in keys}}
+
+
+def write(doc: dict, low_data: list[int]) -> None:
+    full, low = doc.get("full"), doc.get(f"low_data_{low_data[0]}")
     if full:
         doc["mean_success"] = full["mean_success"]
         doc["per_task"] = full["per_task"]
@@ -85,15 +91,15 @@ def write(doc: dict) -> None:
              f"(cached tokens), TokenLearner trunk, MiniLM instruction, deterministic head; corner camera "
              f"{doc['env']['image_size']} px, 150-step episodes.", "",
              "| demos / task | task | success | 95% CI | mean length |", "|---|---|---|---|---|"]
-    for run in (full, low):
-        if not run:
-            continue
+    lows = [doc[f"low_data_{n}"] for n in low_data if f"low_data_{n}" in doc]
+    for run in (r for r in (full, *lows) if r):
         for env, r in run["per_task"].items():
             lines.append(f"| {run['demos_per_task']} | {env} | {r['success_rate']:.2f} | "
                          f"{r['ci95'][0]:.2f}-{r['ci95'][1]:.2f} | {r['mean_length']:.0f} |")
         lines.append(f"| {run['demos_per_task']} | **mean** | **{run['mean_success']:.2f}** | | |")
-    for name, run in (("full", full), ("low data", low)):
+    for run in (r for r in (full, *lows) if r):
         if run:
+            name = f"{run['demos_per_task']} demos/task"
             lines.append(f"\n{name}: {run['frames']} frames, {run['steps']} steps, training {run['train_seconds']:.0f} s, "
                          f"cached tokens {run['samples_per_s_cached']:.0f} samples/s vs live encoder "
                          f"{run['samples_per_s_uncached']:.0f} ({run['cached_speedup']:.1f}x).")
