@@ -30,6 +30,16 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert load_config(Recipe, overrides=["steps=2e3"]).steps == 2000
 
 
+@dataclass
+class Outer:
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5, betas=[0.1, 0.2]))
+
+
+def test_nested_override_keeps_the_enclosing_defaults():
+    cfg = load_config(Outer, overrides=["optim.lr=0.25"])
+    assert cfg.optim == Optim(lr=0.25, betas=[0.1, 0.2])  # not Optim's own default betas
+
+
 def test_unknown_key_in_yaml_names_file_and_lists_valid_keys(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("optim:\n  lrr: 0.1\n")
@@ -72,6 +82,11 @@ def test_shipped_recipes_load():
 
     root = Path(__file__).parent.parent / "configs"
     assert load_config(DemoConfig, root / "demo.yaml") == DemoConfig()  # the file is the embedded default
+    from vlarl.recipes.rlpd import RLPDConfig
+
+    for path in [*root.glob("rlpd-*.yaml"), *root.glob("sac-*.yaml")]:
+        cfg = load_config(RLPDConfig, path)
+        assert cfg.env.name.startswith("metaworld/"), path
     for path in root.glob("collect-*.yaml"):
         cfg = load_config(CollectConfig, path)
         from vlarl.envs import valid_options

@@ -134,19 +134,31 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return _build_nested(cls, values, str(path) if path else "config")
 
 
-def _build_nested(cls: type[T], values: dict[str, Any], where: str, prefix: str = "") -> T:
-    """An instance of ``cls`` from (possibly partial) values; omitted keys keep defaults."""
+def _build_nested(cls: type[T], values: dict[str, Any], where: str, prefix: str = "", base: Any = None) -> T:
+    """An instance of ``cls`` from (possibly partial) values. Omitted keys keep ``base``'s
+    values, else the defaults the enclosing config gives (its ``default_factory``), else
+    the class defaults: overriding ``env.name`` must not reset the recipe's other env keys."""
     types_ = _field_types(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    if base is not None:
+        kwargs = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in types_:
             raise ConfigError(unknown("key", prefix + key, valid_keys(cls, prefix), where))
         tp = types_[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            kwargs[key] = _build_nested(tp, value, where, prefix + key + ".")
+            start = kwargs.get(key, _field_default(cls, key))
+            kwargs[key] = _build_nested(tp, value, where, prefix + key + ".", base=start)
         else:
             kwargs[key] = _convert(value, tp, f"{where}: {prefix}{key}")
     return cls(**kwargs)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
