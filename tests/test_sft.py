@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from vlarl.cli import main
+from vlarl.data.augment import random_shift
 from vlarl.eval.evaluate import evaluate
 from vlarl.models.policy import PolicyConfig
 from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
-from vlarl.recipes.sft import SFTConfig, random_shift, train_sft
+from vlarl.recipes.sft import SFTConfig, train_sft
 
 
 @pytest.fixture(scope="module")

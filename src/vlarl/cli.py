@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=5000 policy.head=tokens")
 
+    rl = train_sub.add_parser("rlpd", help="online RL with offline demos (RLPD) and its SAC baselines")
+    rl.add_argument("--config", help="YAML recipe, e.g. configs/rlpd-metaworld.yaml")
+    rl.add_argument("--env", help="env name (env.name)")
+    rl.add_argument("--demos", help="dataset of demos (demos)")
+    rl.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    rl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sac.utd=5 steps=20000")
+
     ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
     ev.add_argument("path", metavar="RUN_OR_CHECKPOINT")
     ev.add_argument("--episodes", type=int)
@@ -103,6 +110,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dataset":
         return _dataset_info(args)
+    if args.command == "train" and args.recipe == "rlpd":
+        from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
+        from vlarl.runtime import Run
+
+        flags = [f"env.name={args.env}"] * bool(args.env) + [f"demos={args.demos}"] * bool(args.demos)
+        if args.resume:
+            results = train_rlpd(resume=Run.resume(args.resume, RLPDConfig, flags + args.overrides))
+        else:
+            results = train_rlpd(load_config(RLPDConfig, args.config, flags + args.overrides))
+        print(json.dumps({k: v for k, v in results.items() if k != "evals"}, indent=2))
+        return 0
     if args.command == "train":
         from vlarl.recipes.sft import SFTConfig, train_sft
         from vlarl.runtime import Run

@@ -1,0 +1,215 @@
+"""SAC with RLPD's options, written to be checked against the paper line by line.
+
+    critic:  y = r + gamma * (1 - terminated) * (min_{j in Z} Q'_j(s', a') - alpha * log pi(a'|s')),
+             a' ~ pi(.|s'), Z a random subset of ``subset`` distinct critics out of ``ensemble``;
+             loss = mean over critics and batch of (Q_i(s, a) - y)^2
+    actor:   loss = mean(alpha * log pi(a|s) - mean_i Q_i(s, a)),  a ~ pi(.|s)
+    alpha:   loss = -mean(log_alpha * (log pi(a|s) + target_entropy)),  target_entropy = -|A| / 2
+
+One update = ``utd`` critic steps (each on its own minibatch, all sampled in one call) and
+one actor + temperature step, as RLPD counts it. The E critics are one batched module
+(stacked weights, no Python loop over critics) with LayerNorm. With pixels, a conv encoder
+is shared by the critics and trained by the critic loss only; the actor reads its features
+detached.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlarl.data.augment import random_shift
+from vlarl.models.encoders import make_encoder
+from vlarl.models.heads import CriticHead, TanhGaussianHead, mlp
+
+
+@dataclass
+class SACConfig:
+    ensemble: int = 10  # E critics
+    subset: int = 2  # Z: the target is the min over Z distinct critics
+    utd: int = 20  # G: critic updates per env step
+    batch_size: int = 256
+    offline_ratio: float = 0.5  # share of each minibatch drawn from the offline data
+    gamma: float = 0.99
+    tau: float = 0.005
+    lr: float = 3e-4
+    hidden: int = 256
+    layers: int = 2
+    init_temperature: float = 1.0
+    target_entropy: float | None = None  # None: -|A| / 2
+    backup_entropy: bool = True
+    encoder: str = "conv"  # for pixel observations: "conv" or "efficientnet-lite0"
+    feature_dim: int = 50  # pixel features after the encoder's projection
+    augment: bool = True  # random shift of pixel observations
+
+
+class PixelFeatures(nn.Module):
+    """Encoder tokens -> LayerNorm(Linear) -> tanh, as DrQ-v2 projects conv features."""
+
+    def __init__(self, encoder: str, cameras: dict[str, tuple[int, int, int]], feature_dim: int) -> None:
+        super().__init__()
+        self.cameras = list(cameras)
+        self.encoder = make_encoder(encoder, frozen=True)
+        size = next(iter(cameras.values()))[0]
+        with torch.no_grad():
+            n = self.encoder(torch.zeros(1, size, size, 3, dtype=torch.uint8)).flatten(1).shape[1]
+        self.proj = nn.Sequential(nn.Linear(n * len(cameras), feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+    def forward(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.proj(torch.cat([self.encoder(pixels[c]).flatten(1) for c in self.cameras], dim=1))
+
+
+class Critic(nn.Module):
+    def __init__(self, state_dim: int, action_dim: int, cfg: SACConfig, cameras: dict | None) -> None:
+        super().__init__()
+        self.pixels = PixelFeatures(cfg.encoder, cameras, cfg.feature_dim) if cameras else None
+        self.feature_dim = state_dim + (cfg.feature_dim if cameras else 0)
+        self.q = CriticHead(self.feature_dim, action_dim, cfg.ensemble, cfg.hidden, cfg.layers)
+
+    def features(self, obs: dict[str, Any]) -> torch.Tensor:
+        if self.pixels is None:
+            return obs["state"]
+        return torch.cat([obs["state"], self.pixels(obs["pixels"])], dim=-1)
+
+    def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.q(features, action)  # (E, B)
+
+
+class Actor(nn.Module):
+    def __init__(self, feature_dim: int, action_dim: int, cfg: SACConfig) -> None:
+        super().__init__()
+        self.trunk = mlp(feature_dim, cfg.hidden, cfg.hidden, cfg.layers - 1)
+        self.head = TanhGaussianHead(cfg.hidden, action_dim)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled action (B, A) and its log-probability (B,)."""
+        a, logp = self.head.sample(F.gelu(self.trunk(features)))
+        return a[:, 0], logp
+
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(F.gelu(self.trunk(features)), deterministic=True)[:, 0]
+
+
+class SACAgent(nn.Module):
+    def __init__(self, cfg: SACConfig, state_dim: int, action_dim: int, cameras: dict | None = None) -> None:
+        super().__init__()
+        self.cfg, self.action_dim = cfg, action_dim
+        self.critic = Critic(state_dim, action_dim, cfg, cameras)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor = Actor(self.critic.feature_dim, action_dim, cfg)
+        self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_temperature)).log())
+        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -action_dim / 2
+
+    def param_group(self, name: str) -> str:
+        return "backbone" if ".encoder." in name else "head"
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, Any], deterministic: bool = False) -> torch.Tensor:
+        f = self.critic.features(obs)
+        return self.actor.mode(f) if deterministic else self.actor(f)[0]
+
+
+# --- the losses ---------------------------------------------------------------------------
+def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) (min over ``subset`` of Q'(s', a') - alpha log pi(a'|s'))."""
+    cfg = agent.cfg
+    with torch.no_grad():
+        next_f = agent.critic.features(batch["next_obs"])
+        next_a, next_logp = agent.actor(next_f)
+        q_next = agent.target_critic(agent.target_critic.features(batch["next_obs"]), next_a)[subset].min(0).values
+        if cfg.backup_entropy:
+            q_next = q_next - agent.alpha * next_logp
+        return batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+
+
+def critic_loss(agent: SACAgent, batch: dict[str, Any]) -> torch.Tensor:
+    subset = torch.randperm(agent.cfg.ensemble, device=batch["reward"].device)[: agent.cfg.subset]  # distinct
+    y = td_target(agent, batch, subset)
+    q = agent.critic(agent.critic.features(batch["obs"]), batch["action"])  # (E, B)
+    assert q.shape == (agent.cfg.ensemble, y.shape[0]), q.shape
+    return ((q - y) ** 2).mean()
+
+
+def actor_loss(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    features = agent.critic.features(batch["obs"]).detach()  # the encoder learns from the critic only
+    a, logp = agent.actor(features)
+    q = agent.critic(features, a).mean(0)
+    return (agent.alpha.detach() * logp - q).mean(), logp.detach()
+
+
+def temperature_loss(agent: SACAgent, logp: torch.Tensor) -> torch.Tensor:
+    return -(agent.log_alpha * (logp + agent.target_entropy)).mean()
+
+
+# --- the update ---------------------------------------------------------------------------
+class SACLearner:
+    """Optimisers and the update step; ``update(batches)`` takes ``utd`` minibatches."""
+
+    def __init__(self, agent: SACAgent) -> None:
+        cfg = agent.cfg
+        self.agent = agent
+        self.critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=cfg.lr)
+        self.actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([agent.log_alpha], lr=cfg.lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
+
+    def update(self, batches: list[dict[str, Any]], update_actor: bool = True) -> dict[str, torch.Tensor]:
+        agent = self.agent
+        for batch in batches:
+            loss_q = critic_loss(agent, batch)
+            self.critic_opt.zero_grad(set_to_none=True)
+            loss_q.backward()
+            self.critic_opt.step()
+            soft_update(agent.target_critic, agent.critic, agent.cfg.tau)
+        info = {"critic_loss": loss_q.detach()}
+        if update_actor:
+            loss_pi, logp = actor_loss(agent, batches[-1])
+            self.actor_opt.zero_grad(set_to_none=True)
+            loss_pi.backward()
+            self.actor_opt.step()
+            loss_alpha = temperature_loss(agent, logp)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            loss_alpha.backward()
+            self.alpha_opt.step()
+            info.update(actor_loss=loss_pi.detach(), alpha=agent.alpha.detach(), entropy=-logp.mean())
+        return info
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) target + tau source, all parameters in one fused call."""
+    t = [p for p in target.parameters()]
+    s = [p for p in source.parameters()]
+    torch._foreach_lerp_(t, s, tau)
+
+
+def to_torch(sample: dict[str, Any], device: torch.device, augment: bool = False,
+             gen: torch.Generator | None = None) -> list[dict[str, Any]]:
+    """A replay sample with leading (G, B) dims -> G minibatches of tensors on ``device``."""
+    def t(x):
+        return torch.as_tensor(x, device=device)
+
+    g = sample["action"].shape[0]
+    out = []
+    for i in range(g):
+        obs = {"state": t(sample["state"][i])}
+        nxt = {"state": t(sample["next_state"][i])}
+        if sample["pixels"]:
+            obs["pixels"] = {c: torch.as_tensor(v[i]) for c, v in sample["pixels"].items()}
+            nxt["pixels"] = {c: torch.as_tensor(v[i]) for c, v in sample["next_pixels"].items()}
+            for o in (obs, nxt):
+                o["pixels"] = {c: (random_shift(v, 4, gen) if augment else v).to(device) for c, v in o["pixels"].items()}
+        out.append({"obs": obs, "next_obs": nxt, "action": t(sample["action"][i]), "reward": t(sample["reward"][i]),
+                    "terminated": t(sample["terminated"][i])})
+    return out

@@ -1,0 +1,191 @@
+"""Replay buffers for off-policy learners (SAC/RLPD, HIL-SERL).
+
+Frames are stored once, in the order they arrive: slot i holds observation o_i and, if a
+transition starts there, (a_i, r_i, terminated_i); its next observation is slot i + 1. An
+episode of T steps takes T + 1 slots, the last holding only the final observation. Images
+stay uint8, so a pixel transition costs about one image (a float32 buffer with next-obs
+copies costs eight).
+
+Wrap-around needs no bookkeeping: writing slot k clears the transition that started at k,
+and the transition at k - 1 is always the one just written. Sampling draws slots uniformly
+and keeps the valid ones. ``memmap_dir`` puts the arrays in memory-mapped files, for
+buffers larger than RAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlarl.errors import VlarlError
+
+
+class ReplayBuffer:
+    def __init__(
+        self,
+        capacity: int,
+        state_dim: int,
+        action_dim: int,
+        cameras: Mapping[str, tuple[int, int, int]] | None = None,
+        memmap_dir: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        if capacity < 2:
+            raise VlarlError(f"replay capacity must be >= 2, got {capacity}")
+        self.capacity = capacity
+        self.cameras = dict(cameras or {})
+        self._memmap_dir = Path(memmap_dir) if memmap_dir is not None else None
+        if self._memmap_dir is not None:
+            self._memmap_dir.mkdir(parents=True, exist_ok=True)
+        self.state = self._array("state", (capacity, state_dim), np.float32)
+        self.pixels = {c: self._array(f"pixels_{c}", (capacity, *shape), np.uint8) for c, shape in self.cameras.items()}
+        self.action = self._array("action", (capacity, action_dim), np.float32)
+        self.reward = self._array("reward", (capacity,), np.float32)
+        self.terminated = self._array("terminated", (capacity,), bool)
+        self.valid = self._array("valid", (capacity,), bool)  # a transition starts at this slot
+        self.valid[:] = False
+        self.ptr = 0  # the slot the next frame goes to
+        self.frames = 0  # frames written so far, all time
+        self._open = False  # an episode is in progress (its last frame is at ptr - 1)
+        self.rng = np.random.default_rng(seed)
+
+    def _array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        if self._memmap_dir is None:
+            return np.zeros(shape, dtype)
+        return np.lib.format.open_memmap(self._memmap_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+    # --- writing ------------------------------------------------------------------------
+    def _write_frame(self, obs: Mapping[str, Any]) -> None:
+        k = self.ptr
+        self.state[k] = obs["state"]
+        for c in self.cameras:
+            self.pixels[c][k] = obs["pixels"][c]
+        self.valid[k] = False  # its old transition, if any, lost its data
+        self.ptr = (k + 1) % self.capacity
+        self.frames += 1
+
+    def start_episode(self, obs: Mapping[str, Any]) -> None:
+        """The first observation of an episode."""
+        self._write_frame(obs)
+        self._open = True
+
+    def add(self, action: np.ndarray, reward: float, next_obs: Mapping[str, Any], terminated: bool,
+            truncated: bool = False) -> None:
+        """One step: the action taken in the last observation, its reward and the next
+        observation. After ``terminated`` or ``truncated`` call ``start_episode`` again."""
+        if not self._open:
+            raise VlarlError("ReplayBuffer.add before start_episode")
+        k = (self.ptr - 1) % self.capacity
+        self.action[k], self.reward[k], self.terminated[k] = action, reward, terminated
+        self._write_frame(next_obs)
+        self.valid[k] = True
+        if terminated or truncated:
+            self._open = False
+
+    def add_episode(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """A whole episode in the dataset layout (T + 1 observations, T steps)."""
+        t = len(arrays["action"])
+
+        def obs(i: int) -> dict[str, Any]:
+            return {"state": arrays["observation.state"][i],
+                    "pixels": {c: arrays[f"observation.images.{c}"][i] for c in self.cameras}}
+
+        self.start_episode(obs(0))
+        for i in range(t):
+            self.add(arrays["action"][i], float(arrays["reward"][i]), obs(i + 1), bool(arrays["terminated"][i]),
+                     truncated=i == t - 1)
+
+    @classmethod
+    def from_dataset(cls, path: str | Path, capacity: int | None = None, seed: int = 0,
+                     reward_fn=None) -> ReplayBuffer:
+        """An offline buffer holding every episode of a ``vlarl.data`` dataset."""
+        from vlarl.data.episodes import EpisodeDataset
+
+        data = EpisodeDataset(path)
+        feats = data.info["features"]
+        cameras = {c: tuple(feats[f"observation.images.{c}"]["shape"]) for c in data.cameras}
+        need = sum(e.length + 1 for e in data.episodes)
+        buf = cls(capacity or need, feats["observation.state"]["shape"][0], feats["action"]["shape"][0],
+                  cameras, seed=seed)
+        for i in range(len(data)):
+            arrays = data.load(i)
+            if reward_fn is not None:
+                arrays = {**arrays, "reward": reward_fn(arrays)}
+            buf.add_episode(arrays)
+        return buf
+
+    # --- reading ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of transitions that can be sampled."""
+        return int(self.valid.sum())
+
+    def sample_indices(self, n: int) -> np.ndarray:
+        """``n`` slots drawn uniformly (with replacement) among valid transitions."""
+        size = min(self.frames, self.capacity)
+        if not self.valid[:size].any():
+            raise VlarlError("cannot sample from an empty replay buffer")
+        out = np.empty(0, np.int64)
+        while len(out) < n:  # almost every slot is valid: rejection is cheap
+            draw = self.rng.integers(0, size, 2 * (n - len(out)) + 8)
+            out = np.concatenate([out, draw[self.valid[draw]]])
+        return out[:n]
+
+    def gather(self, idx: np.ndarray) -> dict[str, Any]:
+        """Transitions at slots ``idx`` (any shape); next observations come from idx + 1."""
+        nxt = (idx + 1) % self.capacity
+        return {
+            "state": self.state[idx], "next_state": self.state[nxt],
+            "pixels": {c: v[idx] for c, v in self.pixels.items()},
+            "next_pixels": {c: v[nxt] for c, v in self.pixels.items()},
+            "action": self.action[idx], "reward": self.reward[idx], "terminated": self.terminated[idx],
+        }
+
+    def sample(self, batch_size: int, n_batches: int = 1) -> dict[str, Any]:
+        """``n_batches`` minibatches in one call: arrays shaped (n_batches, batch_size, ...)."""
+        return self.gather(self.sample_indices(batch_size * n_batches).reshape(n_batches, batch_size))
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.state, self.action, self.reward, self.terminated, self.valid, *self.pixels.values()]
+        return sum(a.nbytes for a in arrays)
+
+    # --- persistence (checkpoints "where asked") -----------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "pixels": dict(self.pixels), "action": self.action, "reward": self.reward,
+                "terminated": self.terminated, "valid": self.valid, "ptr": self.ptr, "frames": self.frames,
+                "open": self._open, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        for key in ("state", "action", "reward", "terminated", "valid"):
+            getattr(self, key)[:] = d[key]
+        for c in self.pixels:
+            self.pixels[c][:] = d["pixels"][c]
+        self.ptr, self.frames, self._open = d["ptr"], d["frames"], d["open"]
+        self.rng.bit_generator.state = d["rng"]
+
+
+def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size: int, n_batches: int,
+                 offline_ratio: float) -> dict[str, Any]:
+    """RLPD's symmetric sampling: exactly round(batch_size * offline_ratio) offline transitions
+    in every minibatch, the rest online; all minibatches drawn in one call each."""
+    n_off = int(round(batch_size * offline_ratio)) if offline is not None else 0
+    n_on = batch_size - n_off
+    parts = []
+    if n_on:
+        parts.append(online.sample(n_on, n_batches))
+    if n_off:
+        parts.append(offline.sample(n_off, n_batches))  # type: ignore[union-attr]
+    if len(parts) == 1:
+        return parts[0]
+    return _concat(parts[0], parts[1])
+
+
+def _concat(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in a.items():
+        out[k] = {c: np.concatenate([v[c], b[k][c]], axis=1) for c in v} if isinstance(v, dict) else \
+            np.concatenate([v, b[k]], axis=1)
+    return out
