@@ -82,6 +82,9 @@ def test_critic_ensemble_members_are_independent():
     critic = CriticHead(8, 2, ensemble=3)
     q = critic(torch.randn(4, 8), torch.randn(4, 2))
     assert not torch.allclose(q[0], q[1])  # different initialisations
+    members = torch.tensor([2, 0])
+    torch.testing.assert_close(critic(torch.randn(4, 8).zero_(), torch.zeros(4, 2), members),
+                               critic(torch.zeros(4, 8), torch.zeros(4, 2))[members])
     q[0].sum().backward()
     assert critic.weights[0].grad[1].abs().sum() == 0 and critic.weights[0].grad[0].abs().sum() > 0
 

@@ -76,8 +76,8 @@ class Critic(nn.Module):
             return obs["state"]
         return torch.cat([obs["state"], self.pixels(obs["pixels"])], dim=-1)
 
-    def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.q(features, action)  # (E, B)
+    def forward(self, features: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        return self.q(features, action, members)  # (E, B), or (len(members), B)
 
 
 class Actor(nn.Module):
@@ -125,7 +125,8 @@ def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor) -> t
     with torch.no_grad():
         next_f = agent.critic.features(batch["next_obs"])
         next_a, next_logp = agent.actor(next_f)
-        q_next = agent.target_critic(agent.target_critic.features(batch["next_obs"]), next_a)[subset].min(0).values
+        target_f = agent.target_critic.features(batch["next_obs"])
+        q_next = agent.target_critic(target_f, next_a, members=subset).min(0).values
         if cfg.backup_entropy:
             q_next = q_next - agent.alpha * next_logp
         return batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next

@@ -141,14 +141,21 @@ class CriticHead(nn.Module):
         self.norm_shift = nn.Parameter(torch.zeros(layers, ensemble, 1, hidden))
         self.ensemble, self.hidden = ensemble, hidden
 
-    def forward(self, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """features (B, D), actions (B, A) -> Q (E, B)."""
-        x = torch.cat([features, actions], -1).expand(self.ensemble, -1, -1)
+    def forward(self, features: torch.Tensor, actions: torch.Tensor,
+                members: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, D), actions (B, A) -> Q (E, B); only the critics ``members`` (indices)
+        when given, so a target over a subset costs only that subset."""
+        n = self.ensemble if members is None else len(members)
+        x = torch.cat([features, actions], -1).expand(n, -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if members is not None:
+                w, b = w[members], b[members]
             x = torch.baddbmm(b, x, w)
             if i < len(self.weights) - 1:
-                x = F.layer_norm(x, (self.hidden,)) * self.norm_scale[i] + self.norm_shift[i]
-                x = F.gelu(x)
+                scale, shift = self.norm_scale[i], self.norm_shift[i]
+                if members is not None:
+                    scale, shift = scale[members], shift[members]
+                x = F.gelu(F.layer_norm(x, (self.hidden,)) * scale + shift)
         return x.squeeze(-1)
 
 
