@@ -40,13 +40,8 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig | None = None, progress: bool = True, resume: Run | None = None) -> dict[str, Any]:
     """Run the demo; with ``resume`` (a reopened demo run) continue where it stopped."""
-    if resume is None:
-        assert cfg is not None
-        root = Path(cfg.run_dir)
-        run = Run.create(root.parent, root.name, cfg, exist_ok=True)
-    else:
-        run, cfg = resume, resume.config
-        root = run.path
+    run, cfg = Run.start(cfg, resume, exist_ok=True)
+    root = run.path
     with run:
         cfg.collect.out = str(root / "dataset")
         cfg.sft.datasets = [cfg.collect.out]

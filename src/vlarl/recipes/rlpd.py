@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
 from vlarl.data.replay import ReplayBuffer, sample_mixed
 from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
-from vlarl.runtime import Run, seed_everything
+from vlarl.runtime import Run, resolve_device, seed_everything
 
 
 @dataclass
@@ -59,14 +58,8 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     from vlarl.envs import make
     from vlarl.eval.evaluate import evaluate
 
-    if resume is None:
-        assert cfg is not None
-        root = Path(cfg.run_dir)
-        run = Run.create(root.parent, root.name, cfg)
-    else:
-        run, cfg = resume, resume.config
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    run, cfg = Run.start(cfg, resume)
+    device = resolve_device(cfg.device)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     env = make(cfg.env.name, **cfg.env.kwargs())

@@ -23,7 +23,7 @@ from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
 from vlarl.errors import VlarlError
 from vlarl.models.policy import PolicyConfig, VLAPolicy
-from vlarl.runtime import Run, seed_everything
+from vlarl.runtime import Run, resolve_device, seed_everything
 
 
 @dataclass
@@ -99,12 +99,6 @@ class SFTData:
 
 
 # --- training -----------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def cache_tokens(policy: VLAPolicy, data: SFTData, device: torch.device, batch: int = 256) -> torch.Tensor:
     """Image tokens of every frame, computed once (float16)."""
@@ -128,13 +122,8 @@ def build_policy(spec: dict[str, Any]) -> VLAPolicy:
 def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
     from vlarl.models.language import InstructionEncoder
 
-    if resume is None:
-        assert cfg is not None
-        root = Path(cfg.run_dir)
-        run = Run.create(root.parent, root.name, cfg)
-    else:
-        run, cfg = resume, resume.config
-    device = _device(cfg.device)
+    run, cfg = Run.start(cfg, resume)
+    device = resolve_device(cfg.device)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = SFTData(cfg.datasets, cfg.policy.chunk, cfg.episodes_per_dataset)

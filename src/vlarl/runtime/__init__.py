@@ -2,7 +2,7 @@
 
 from vlarl.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from vlarl.runtime.config import load_config, save_config, to_dict, valid_keys
-from vlarl.runtime.run import Run
+from vlarl.runtime.run import Run, resolve_device
 from vlarl.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_config",
+    "resolve_device",
     "save_checkpoint",
     "save_config",
     "seed_everything",

@@ -49,6 +49,17 @@ class Run:
         return cls(path, config)
 
     @classmethod
+    def start(cls, config: Any = None, resume: Run | None = None, exist_ok: bool = False) -> tuple[Run, Any]:
+        """(run, config) for a trainer: ``resume`` if given, else a new run at
+        ``config.run_dir``."""
+        if resume is not None:
+            return resume, resume.config
+        if config is None:
+            raise VlarlError("a config or a run to resume is needed")
+        root = Path(config.run_dir)
+        return cls.create(root.parent, root.name, config, exist_ok=exist_ok), config
+
+    @classmethod
     def resume(cls, path: str | Path, config_cls: type[C], overrides: list[str] | tuple[str, ...] = (),
                config: C | None = None) -> Run:
         """Reopen a run; ``overrides`` (or a whole new ``config``, as a parent recipe that
@@ -123,6 +134,13 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; anything else is taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _truncate_metrics(path: Path, step: int | None) -> None:
