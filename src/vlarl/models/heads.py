@@ -122,8 +122,9 @@ class ValueHead(nn.Module):
 
 
 class CriticHead(nn.Module):
-    """An ensemble of E critics Q(s, a) as one batched module (stacked weights, one einsum per
-    layer, no Python loop over critics); LayerNorm in the hidden layers as RLPD uses."""
+    """An ensemble of E critics Q(s, a) as one batched module (stacked weights, one batched
+    matmul per layer, no Python loop over critics); LayerNorm and ReLU in the hidden layers,
+    as RLPD's critics have."""
 
     def __init__(self, dim: int, action_dim: int, ensemble: int = 2, hidden: int = 256, layers: int = 2) -> None:
         super().__init__()
@@ -155,7 +156,7 @@ class CriticHead(nn.Module):
                 scale, shift = self.norm_scale[i], self.norm_shift[i]
                 if members is not None:
                     scale, shift = scale[members], shift[members]
-                x = F.gelu(F.layer_norm(x, (self.hidden,)) * scale + shift)
+                x = F.relu(torch.addcmul(shift, F.layer_norm(x, (self.hidden,)), scale))
         return x.squeeze(-1)
 
 
