@@ -15,8 +15,6 @@ from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS
 from vlarl.envs.mujoco_base import MujocoEnv
 from vlarl.errors import VlarlError
 
-METAWORLD_TASKS = tuple(METAWORLD_INSTRUCTIONS)
-METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 # Meta-World's corner cameras are defined upside down; their images are flipped upright.
 _UPSIDE_DOWN = ("corner", "corner2", "corner3", "corner4")
 PROPRIO_DIM = 4  # hand xyz + gripper opening

@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
 from pathlib import Path
 
-import numpy as np
 
-
-def plot_episodes(rewards: Sequence[np.ndarray], successes: Sequence[bool], path: str | Path, title: str) -> Path:
-    """Cumulative reward per step for each episode, successful ones solid, failed dashed."""
+def plot_training(run_path: Path) -> Path | None:
+    """Loss and success against training step, from metrics.jsonl."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1]})
-    for i, (r, ok) in enumerate(zip(rewards, successes)):
-        ax_curve.plot(np.cumsum(r), linestyle="-" if ok else "--", label=f"ep {i}" if i < 10 else None)
-    ax_curve.set_xlabel("step")
-    ax_curve.set_ylabel("cumulative reward")
-    ax_curve.set_title(title)
-    n, k = len(successes), int(sum(successes))
-    from vlarl.eval.stats import wilson_interval
-
-    lo, hi = wilson_interval(k, n)
-    rate = k / n if n else 0.0
-    ax_bar.bar([0], [rate], yerr=[[rate - lo], [hi - rate]], capsize=8, color="tab:green")
-    ax_bar.set_ylim(0, 1)
-    ax_bar.set_xticks([0], ["success"])
-    ax_bar.set_title(f"{k}/{n} (95% CI {lo:.2f}-{hi:.2f})")
+    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    succ = [(r["step"], r["mean_success"]) for r in rows if "mean_success" in r]
+    if not loss:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(*zip(*loss), label="training loss", color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    if succ:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*succ), "o-", color="tab:green", label="success")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("mean success")
+    ax.set_title("SFT")
     fig.tight_layout()
-    path = Path(path)
+    path = run_path / "training.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

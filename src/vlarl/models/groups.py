@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch import nn
 
 GROUPS = ("backbone", "adapter", "head")
@@ -55,7 +54,3 @@ def group_sizes(model: nn.Module) -> dict[str, dict[str, int]]:
         out[g] = {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
     return out
 
-
-def snapshot(model: nn.Module, *groups: str) -> dict[str, torch.Tensor]:
-    """Copies of the groups' parameters, to check later that they did not change."""
-    return {n: p.detach().clone() for g in groups for n, p in named_group_params(model, g)}

@@ -19,7 +19,7 @@ from torch import nn
 
 from vlarl.errors import VlarlError, unknown
 from vlarl.models.encoders import make_encoder
-from vlarl.models.heads import ACTION_HEADS, TokenHead
+from vlarl.models.heads import ACTION_HEADS
 from vlarl.models.language import EMBED_DIM
 from vlarl.models.lora import add_lora, is_lora_param
 from vlarl.models.trunk import FusionTrunk
@@ -102,6 +102,3 @@ class VLAPolicy(nn.Module):
             raise VlarlError(f"head {self.cfg.head!r} has no log-probabilities; use 'gaussian' or 'tokens'")
         return self.head.log_prob(features, actions)
 
-
-def is_token_head(policy: VLAPolicy) -> bool:
-    return isinstance(policy.head, TokenHead)

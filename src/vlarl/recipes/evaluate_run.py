@@ -51,15 +51,11 @@ def evaluate_run(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
     load_checkpoint(ckpt, {"policy": policy}, restore_rng=False)
     tasks = spec["tasks"]
     if cfg.env_names:
-        from vlarl.envs import (
-            env_class,  # validates names
-            make,
-        )
+        from vlarl.envs import make
 
         tasks = {}
         for name in cfg.env_names:
-            env_class(name)
-            env = make(name)
+            env = make(name)  # an unknown name stops here, listing the valid ones
             tasks[env.unwrapped.instruction] = {"env": name, "options": next(iter(spec["tasks"].values()))["options"]}
             env.close()
     twin = TwinConfig.random(cfg.twin_seed, cfg.twin_strength) if cfg.twin_seed is not None else None

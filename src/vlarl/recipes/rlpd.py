@@ -47,10 +47,14 @@ class RLPDConfig:
     device: str = "auto"
 
 
-def _obs_to_torch(obs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out: dict[str, Any] = {"state": torch.as_tensor(np.asarray(obs["state"], np.float32), device=device)}
+def _obs_to_torch(obs: dict[str, Any], device: torch.device, add_batch_dim: bool = False) -> dict[str, Any]:
+    def t(x, dtype=None):
+        x = torch.as_tensor(np.asarray(x, dtype), device=device)
+        return x[None] if add_batch_dim else x
+
+    out: dict[str, Any] = {"state": t(obs["state"], np.float32)}
     if "pixels" in obs:
-        out["pixels"] = {c: torch.as_tensor(np.asarray(v), device=device) for c, v in obs["pixels"].items()}
+        out["pixels"] = {c: t(v) for c, v in obs["pixels"].items()}
     return out
 
 
@@ -94,8 +98,7 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
         if step < cfg.random_steps and offline is None and not cfg.demos_in_online_buffer:
             action = rng.uniform(-1, 1, action_dim).astype(np.float32)
         else:
-            action = agent.act(_obs_to_torch({k: v[None] if k == "state" else {c: x[None] for c, x in v.items()}
-                                              for k, v in obs.items()}, device))[0].cpu().numpy()
+            action = agent.act(_obs_to_torch(obs, device, add_batch_dim=True))[0].cpu().numpy()
         next_obs, reward, terminated, truncated, info = env.step(action)
         online.add(action, reward, next_obs, terminated, truncated)
         ep_return, ep_len, ep_success = ep_return + reward, ep_len + 1, ep_success or info["is_success"]

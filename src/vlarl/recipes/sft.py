@@ -191,6 +191,8 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     from vlarl.eval.evaluate import results_table
 
     (run.path / "eval.md").write_text(results_table(final, f"SFT policy ({run.path})"))
+    from vlarl.eval.plots import plot_training
+
     plot_training(run.path)
     run.close()
     return results
@@ -249,33 +251,3 @@ def _log_eval(run: Run, step: int, results: dict[str, dict[str, Any]]) -> None:
     if results:
         run.log(step, mean_success=float(np.mean([r["success_rate"] for r in results.values()])),
                 **{f"success/{e}": r["success_rate"] for e, r in results.items()})
-
-
-def plot_training(run_path: Path) -> Path | None:
-    """Loss and success against training step, from metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    succ = [(r["step"], r["mean_success"]) for r in rows if "mean_success" in r]
-    if not loss:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(*zip(*loss), label="training loss", color="tab:blue")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    if succ:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*succ), "o-", color="tab:green", label="success")
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("mean success")
-    ax.set_title("SFT")
-    fig.tight_layout()
-    path = run_path / "training.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
