@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, critic_loss, soft_update, td_target, temperature_loss
+from vlarl.algos.sac import (SACAgent, SACConfig, SACLearner, critic_loss, gripper_index, gripper_target, soft_update,
+                             td_target, temperature_loss)
 
 
 def tiny_agent(**kw):
@@ -86,6 +87,47 @@ def test_soft_update_and_update_step():
     info = learner.update([batch(), batch()])
     assert set(info) >= {"critic_loss", "actor_loss", "alpha", "entropy"}
     assert any(not torch.equal(a, p) for a, p in zip(actor_before, agent.actor.parameters()))
+
+
+def gripper_agent(**kw):
+    torch.manual_seed(0)
+    cfg = SACConfig(ensemble=2, subset=2, hidden=16, layers=2, gripper_critic=True, **kw)
+    return SACAgent(cfg, state_dim=2, action_dim=3)  # 2 continuous dims + the gripper
+
+
+def test_gripper_target_is_double_dqn_by_hand():
+    agent = gripper_agent(gamma=0.9)
+    with torch.no_grad():  # make the target network differ from the online one
+        for p in agent.target_critic.gripper.parameters():
+            p.mul_(-0.5)
+    b = batch()
+    b["action"] = torch.tensor([[0.1, -0.2, 1.0], [0.3, 0.0, -1.0], [-0.5, 0.5, 0.2], [0.0, 0.9, 0.7]])
+    y = gripper_target(agent, b)
+    online = agent.critic.gripper(b["next_obs"]["state"])
+    target = agent.target_critic.gripper(b["next_obs"]["state"])
+    picked = target[torch.arange(4), online.argmax(-1)]  # chosen by the online net, valued by the target
+    torch.testing.assert_close(y, b["reward"] + 0.9 * (1 - b["terminated"].float()) * picked)
+    assert not torch.allclose(picked, target.max(-1).values)  # not plain DQN's max
+    assert gripper_index(b["action"][:, -1]).tolist() == [2, 0, 1, 2]
+    assert agent.actor.head.action_dim == 2  # the actor never outputs the gripper
+
+
+def test_gripper_critic_learns_the_right_command():
+    # one-step episodes: the reward is 1 when the command is "close" for x > 0 and "open" otherwise
+    agent = gripper_agent(lr=3e-3)
+    learner = SACLearner(agent)
+    g = torch.Generator().manual_seed(3)
+    probe = {"state": torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.7, 0.3], [-0.6, -0.2]])}
+    for _ in range(300):
+        state = torch.randn(64, 2, generator=g)
+        command = torch.randint(0, 3, (64,), generator=g).float() - 1
+        reward = (command == torch.where(state[:, 0] > 0, 1.0, -1.0)).float()
+        action = torch.cat([torch.rand(64, 2, generator=g) * 2 - 1, command[:, None]], -1)
+        learner.update([{"obs": {"state": state}, "next_obs": {"state": state}, "action": action, "reward": reward,
+                         "terminated": torch.ones(64, dtype=torch.bool)}])
+    act = agent.act(probe, deterministic=True)
+    assert act.shape == (4, 3)
+    assert act[:, -1].tolist() == [1.0, -1.0, 1.0, -1.0]
 
 
 def test_sac_learns_the_toy_task(tmp_path):

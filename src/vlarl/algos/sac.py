@@ -11,13 +11,23 @@ one actor + temperature step, as RLPD counts it. The E critics are one batched m
 (stacked weights, no Python loop over critics) with LayerNorm. With pixels, a conv encoder
 is shared by the critics and trained by the critic loss only; the actor reads its features
 detached.
+
+Optional gripper critic (HIL-SERL's grasp critic): the last action dimension is a gripper
+command in {-1 open, 0 stay, +1 close}, learned by double DQN on the critic features,
+
+    gripper: y = r + gamma * (1 - terminated) * Q'_g(s', argmax_b Q_g(s', b)),
+             loss = mean (Q_g(s, b) - y)^2, b the stored command,
+
+while SAC's actor and ensemble see only the continuous dimensions; the policy's gripper
+command is argmax_b Q_g(s, b) (epsilon-greedy while exploring).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +56,16 @@ class SACConfig:
     encoder: str = "conv"  # for pixel observations: "conv" or "efficientnet-lite0"
     feature_dim: int = 50  # pixel features after the encoder's projection
     augment: bool = True  # random shift of pixel observations
+    gripper_critic: bool = False  # last action dim: a DQN over {-1, 0, +1} instead of the actor
+    gripper_epsilon: float = 0.0  # random gripper command while exploring (not when deterministic)
+
+
+GRIPPER_COMMANDS = (-1.0, 0.0, 1.0)  # open, stay, close
+
+
+def gripper_index(command: torch.Tensor) -> torch.Tensor:
+    """Continuous gripper commands in [-1, 1] -> indices into GRIPPER_COMMANDS (|x| < 0.5 is stay)."""
+    return (command.round().clamp(-1, 1) + 1).long()
 
 
 class PixelFeatures(nn.Module):
@@ -69,7 +89,10 @@ class Critic(nn.Module):
         super().__init__()
         self.pixels = PixelFeatures(cfg.encoder, cameras, cfg.feature_dim) if cameras else None
         self.feature_dim = state_dim + (cfg.feature_dim if cameras else 0)
-        self.q = CriticHead(self.feature_dim, action_dim, cfg.ensemble, cfg.hidden, cfg.layers)
+        self.continuous_dim = action_dim - 1 if cfg.gripper_critic else action_dim
+        self.q = CriticHead(self.feature_dim, self.continuous_dim, cfg.ensemble, cfg.hidden, cfg.layers)
+        self.gripper = (mlp(self.feature_dim, len(GRIPPER_COMMANDS), cfg.hidden, cfg.layers, layer_norm=True)
+                        if cfg.gripper_critic else None)
 
     def features(self, obs: dict[str, Any]) -> torch.Tensor:
         if self.pixels is None:
@@ -84,7 +107,7 @@ class Actor(nn.Module):
     def __init__(self, feature_dim: int, action_dim: int, cfg: SACConfig) -> None:
         super().__init__()
         self.trunk = mlp(feature_dim, cfg.hidden, cfg.hidden, cfg.layers - 1)
-        self.head = TanhGaussianHead(cfg.hidden, action_dim)
+        self.head = TanhGaussianHead(cfg.hidden, action_dim, layers=0)  # RLPD's actor: ``layers`` x hidden
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampled action (B, A) and its log-probability (B,)."""
@@ -101,9 +124,13 @@ class SACAgent(nn.Module):
         self.cfg, self.action_dim = cfg, action_dim
         self.critic = Critic(state_dim, action_dim, cfg, cameras)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor = Actor(self.critic.feature_dim, action_dim, cfg)
+        continuous = self.critic.continuous_dim
+        if continuous < 1:
+            raise ValueError(f"gripper_critic needs at least one continuous action dimension besides the gripper; "
+                             f"the env has {action_dim}")
+        self.actor = Actor(self.critic.feature_dim, continuous, cfg)
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_temperature)).log())
-        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -action_dim / 2
+        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -continuous / 2
 
     def param_group(self, name: str) -> str:
         return "backbone" if ".encoder." in name else "head"
@@ -115,36 +142,83 @@ class SACAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: dict[str, Any], deterministic: bool = False) -> torch.Tensor:
         f = self.critic.features(obs)
-        return self.actor.mode(f) if deterministic else self.actor(f)[0]
+        action = self.actor.mode(f) if deterministic else self.actor(f)[0]
+        if self.critic.gripper is None:
+            return action
+        index = self.critic.gripper(f).argmax(-1)
+        if not deterministic and self.cfg.gripper_epsilon > 0:
+            explore = torch.rand(index.shape, device=index.device) < self.cfg.gripper_epsilon
+            index = torch.where(explore, torch.randint_like(index, len(GRIPPER_COMMANDS)), index)
+        command = torch.tensor(GRIPPER_COMMANDS, device=f.device)[index]
+        return torch.cat([action, command[:, None]], dim=-1)
 
 
 # --- the losses ---------------------------------------------------------------------------
-def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor) -> torch.Tensor:
+@torch.no_grad()
+def next_features(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of s' under the online critic's encoder (for the actor) and the target's."""
+    return agent.critic.features(batch["next_obs"]), agent.target_critic.features(batch["next_obs"])
+
+
+def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor,
+              features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min over ``subset`` of Q'(s', a') - alpha log pi(a'|s'))."""
     cfg = agent.cfg
     with torch.no_grad():
-        next_f = agent.critic.features(batch["next_obs"])
+        next_f, target_f = features if features is not None else next_features(agent, batch)
         next_a, next_logp = agent.actor(next_f)
-        target_f = agent.target_critic.features(batch["next_obs"])
         q_next = agent.target_critic(target_f, next_a, members=subset).min(0).values
         if cfg.backup_entropy:
             q_next = q_next - agent.alpha * next_logp
         return batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
 
 
+def gripper_target(agent: SACAgent, batch: dict[str, Any],
+                   features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Double DQN: y = r + gamma (1 - terminated) Q'_g(s', argmax_b Q_g(s', b))."""
+    with torch.no_grad():
+        next_f, target_f = features if features is not None else next_features(agent, batch)
+        best = agent.critic.gripper(next_f).argmax(-1, keepdim=True)
+        q_next = agent.target_critic.gripper(target_f).gather(-1, best).squeeze(-1)
+        return batch["reward"] + agent.cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+
+
 def critic_loss(agent: SACAgent, batch: dict[str, Any]) -> torch.Tensor:
+    """The ensemble's TD loss, plus the gripper critic's when there is one (one optimiser)."""
     subset = torch.randperm(agent.cfg.ensemble, device=batch["reward"].device)[: agent.cfg.subset]  # distinct
-    y = td_target(agent, batch, subset)
-    q = agent.critic(agent.critic.features(batch["obs"]), batch["action"])  # (E, B)
+    nxt = next_features(agent, batch)
+    y = td_target(agent, batch, subset, nxt)
+    features = agent.critic.features(batch["obs"])
+    action = batch["action"]
+    if agent.critic.gripper is not None:
+        action, command = action[:, :-1], action[:, -1]
+    q = agent.critic(features, action)  # (E, B)
     assert q.shape == (agent.cfg.ensemble, y.shape[0]), q.shape
-    return ((q - y) ** 2).mean()
+    loss = ((q - y) ** 2).mean()
+    if agent.critic.gripper is not None:
+        q_g = agent.critic.gripper(features).gather(-1, gripper_index(command)[:, None]).squeeze(-1)
+        loss = loss + ((q_g - gripper_target(agent, batch, nxt)) ** 2).mean()
+    return loss
 
 
 def actor_loss(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     features = agent.critic.features(batch["obs"]).detach()  # the encoder learns from the critic only
     a, logp = agent.actor(features)
-    q = agent.critic(features, a).mean(0)
+    with frozen(agent.critic.q):  # gradients flow to the action only; no critic weight gradients to compute
+        q = agent.critic(features, a).mean(0)
     return (agent.alpha.detach() * logp - q).mean(), logp.detach()
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters of ``module`` need no gradient inside the block (restored after, even on error)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def temperature_loss(agent: SACAgent, logp: torch.Tensor) -> torch.Tensor:

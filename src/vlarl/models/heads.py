@@ -39,10 +39,10 @@ class TanhGaussianHead(nn.Module):
 
     LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
-    def __init__(self, dim: int, action_dim: int, chunk: int = 1) -> None:
+    def __init__(self, dim: int, action_dim: int, chunk: int = 1, layers: int = 2) -> None:
         super().__init__()
         self.action_dim, self.chunk = action_dim, chunk
-        self.net = mlp(dim, 2 * chunk * action_dim)
+        self.net = mlp(dim, 2 * chunk * action_dim, layers=layers)  # layers=0: one linear map
 
     def distribution(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_std = self.net(features).view(-1, self.chunk, 2, self.action_dim).unbind(2)
