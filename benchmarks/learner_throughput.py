@@ -173,6 +173,74 @@ def run_torchrl(obs: str, seconds: float) -> float:
     return _time(update, seconds)
 
 
+def run_lerobot(obs: str, seconds: float, compile: bool = True) -> float:
+    """LeRobot 0.3.3's SACPolicy, driven the way its learner (lerobot/scripts/rl/learner.py) drives it:
+    per critic step a critic loss, grad-norm clip (40), Adam step and target update; then one actor
+    and one temperature step. Its critics are a Python loop over E heads behind a shared state
+    encoder (Linear + LayerNorm + tanh, 256), compiled with torch.compile as it ships
+    (``use_torch_compile=True``); its target evaluates all E target critics, then subsamples Z."""
+    import importlib.machinery
+    import types
+
+    import torch
+
+    if obs != "state":
+        raise SystemExit("lerobot: state only in this benchmark")
+    # Its dataset utilities import torchvision at module load; SAC never uses it, and no
+    # torchvision build matches the CPU torch used here, so an empty module stands in.
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.v2"):
+        stub = sys.modules[name] = types.ModuleType(name)
+        stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        stub.__getattr__ = _placeholder  # type: ignore[attr-defined]
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]  # type: ignore[attr-defined]
+    sys.modules["torchvision.transforms"].v2 = sys.modules["torchvision.transforms.v2"]  # type: ignore[attr-defined]
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.sac.configuration_sac import SACConfig as LRSACConfig
+    from lerobot.policies.sac.modeling_sac import SACPolicy
+
+    cfg = LRSACConfig(
+        input_features={"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(STATE,))},
+        output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(ACT,))},
+        dataset_stats={"observation.state": {"min": [-1.0] * STATE, "max": [1.0] * STATE},
+                       "action": {"min": [-1.0] * ACT, "max": [1.0] * ACT}},
+        num_critics=E, num_subsample_critics=Z, utd_ratio=G, target_entropy=-ACT / 2, use_torch_compile=compile)
+    policy = SACPolicy(cfg)
+    clip = cfg.grad_clip_norm
+    q_opt = torch.optim.Adam(policy.critic_ensemble.parameters(), lr=3e-4)
+    pi_opt = torch.optim.Adam([p for n, p in policy.actor.named_parameters() if not n.startswith("encoder")], lr=3e-4)
+    a_opt = torch.optim.Adam([policy.log_alpha], lr=3e-4)
+    batches = [{"action": torch.rand(B, ACT) * 2 - 1, "reward": torch.randn(B), "done": torch.zeros(B),
+                "state": {"observation.state": torch.randn(B, STATE)},
+                "next_state": {"observation.state": torch.randn(B, STATE)}} for _ in range(G)]
+
+    def update():
+        for batch in batches:
+            loss = policy.forward(batch, model="critic")["loss_critic"]
+            q_opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.critic_ensemble.parameters(), max_norm=clip)
+            q_opt.step()
+            policy.update_target_networks()
+        loss = policy.forward(batches[-1], model="actor")["loss_actor"]
+        pi_opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.actor.parameters(), max_norm=clip)
+        pi_opt.step()
+        loss = policy.forward(batches[-1], model="temperature")["loss_temperature"]
+        a_opt.zero_grad()
+        loss.backward()
+        a_opt.step()
+        policy.update_temperature()
+
+    return _time(update, seconds)
+
+
+def _placeholder(name: str) -> type:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return type(name, (), {})
+
+
 def _time(fn, seconds: float) -> float:
     import torch
 
@@ -190,16 +258,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--peer-python", help="python of a venv with torchrl installed")
+    p.add_argument("--lerobot-python", help="python of a venv with lerobot==0.3.3 installed")
     p.add_argument("--one", nargs=2, metavar=("IMPL", "OBS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         impl, obs = args.one
-        print(json.dumps({"rate": {"vlarl": run_vlarl, "plain_loop": run_plain, "torchrl": run_torchrl}[impl](obs, args.seconds)}))
+        print(json.dumps({"rate": {"vlarl": run_vlarl, "plain_loop": run_plain, "torchrl": run_torchrl, "lerobot": run_lerobot,
+                                      "lerobot_eager": lambda o, s: run_lerobot(o, s, compile=False)}[impl](obs, args.seconds)}))
         return
     cases = [("vlarl", "state", sys.executable), ("plain_loop", "state", sys.executable),
              ("vlarl", "pixels", sys.executable), ("plain_loop", "pixels", sys.executable)]
     if args.peer_python:
         cases.insert(2, ("torchrl", "state", args.peer_python))
+    if args.lerobot_python:
+        cases[2:2] = [("lerobot", "state", args.lerobot_python), ("lerobot_eager", "state", args.lerobot_python)]
     rates: dict[str, list[float]] = {}
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     for r in range(args.rounds):

@@ -33,6 +33,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("rlpd", "sac", "sac_demos")
+# Meta-World's reward is dense and positive, so ending the episode at success would pay the
+# agent to stay just short of it; episodes run their full 200 steps (success = any step).
+NO_TERMINATION = {"terminate_on_success": False}
 
 
 def run_one(job: dict) -> dict:
@@ -46,9 +49,11 @@ def run_one(job: dict) -> dict:
 
     a = job["args"]
     pixels = job["method"] == "rlpd_pixels"
-    env = EnvConfig(name=f"metaworld/{job['task']}", obs_mode="pixels" if pixels else "state", episode_length=200)
+    env = EnvConfig(name=f"metaworld/{job['task']}", obs_mode="pixels" if pixels else "state", episode_length=200,
+                    options=NO_TERMINATION)
     sac = SACConfig(ensemble=a["ensemble"], utd=a["utd"], batch_size=a["pixel_batch"] if pixels else 256,
-                    offline_ratio=0.0 if job["method"] == "sac_demos" else 0.5)
+                    offline_ratio=0.0 if job["method"] == "sac_demos" else 0.5, compile=a["compile"],
+                    critic_dtype=a["critic_dtype"])
     steps = a["pixel_steps"] if pixels else a["steps"]
     cfg = RLPDConfig(env=env, sac=sac, demos=None if job["method"] == "sac" else job["demos"],
                      demos_in_online_buffer=job["method"] == "sac_demos", steps=steps,
@@ -67,7 +72,8 @@ def collect_demos(task: str, episodes: int, out: Path, pixels: bool) -> None:
     from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
 
     if not (out / "meta" / "info.json").exists():
-        env = EnvConfig(name=f"metaworld/{task}", obs_mode="pixels" if pixels else "state", episode_length=200)
+        env = EnvConfig(name=f"metaworld/{task}", obs_mode="pixels" if pixels else "state", episode_length=200,
+                        options=NO_TERMINATION)
         collect(CollectConfig(env=env, episodes=episodes, out=str(out)), progress=False)
 
 
@@ -83,6 +89,8 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--demos", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="torch.compile the critic loss")
+    p.add_argument("--critic-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--pixels-task", default=None, help="also one RLPD run from 84 px pixels on this task")
     p.add_argument("--pixel-steps", type=int, default=5_000)
     p.add_argument("--pixel-batch", type=int, default=128)
@@ -92,6 +100,7 @@ def main() -> None:
     doc = {"command": "python " + " ".join(sys.argv), "settings": vars(args), "status": "running",
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "learner": f"E={args.ensemble} critics, target min over Z=2, UTD {args.utd}, batch 256 "
+                      f"(critics {args.critic_dtype}{', compiled' if args.compile else ''}) "
                       "(RLPD: 128 offline + 128 online), LayerNorm MLP critics and actor 256x2, lr 3e-4, "
                       "gamma 0.99, tau 0.005, target entropy -|A|/2",
            "runs": {}, "not_finished": []}

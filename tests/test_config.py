@@ -40,6 +40,24 @@ def test_nested_override_keeps_the_enclosing_defaults():
     assert cfg.optim == Optim(lr=0.25, betas=[0.1, 0.2])  # not Optim's own default betas
 
 
+@dataclass
+class WithOptions:
+    name: str = "toy/reach"
+    options: dict = field(default_factory=dict)
+    inner: Optim = field(default_factory=Optim)
+
+
+def test_override_inside_a_mapping_field_merges_with_the_yaml(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("options: {reward: dense, size: 3}\n")
+    cfg = load_config(WithOptions, path, ["options.reward=sparse", "options.terminate_on_success=false"])
+    assert cfg.options == {"reward": "sparse", "size": 3, "terminate_on_success": False}
+    with pytest.raises(ConfigError, match="unknown key 'inner.lr.x'"):  # a float field has no keys
+        load_config(WithOptions, overrides=["inner.lr.x=1"])
+    with pytest.raises(ConfigError, match="unknown key 'nam.x'"):
+        load_config(WithOptions, overrides=["nam.x=1"])
+
+
 def test_unknown_key_in_yaml_names_file_and_lists_valid_keys(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("optim:\n  lrr: 0.1\n")

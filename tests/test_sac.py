@@ -8,6 +8,8 @@ import time
 import pytest
 import torch
 
+from vlarl.errors import VlarlError
+
 from vlarl.algos.sac import (SACAgent, SACConfig, SACLearner, critic_loss, gripper_index, gripper_target, soft_update,
                              td_target, temperature_loss)
 
@@ -130,12 +132,43 @@ def test_gripper_critic_learns_the_right_command():
     assert act[:, -1].tolist() == [1.0, -1.0, 1.0, -1.0]
 
 
-def test_sac_learns_the_toy_task(tmp_path):
+def test_bfloat16_critic_stays_close_to_float32():
+    torch.manual_seed(0)
+    agent = SACAgent(SACConfig(ensemble=3, hidden=64), state_dim=2, action_dim=1)
+    b = batch()
+    f, a = b["obs"]["state"], b["action"]
+    q32 = agent.critic(f, a)
+    agent.critic.q.hidden_dtype = torch.bfloat16
+    q16 = agent.critic(f, a)
+    assert q16.dtype == torch.float32 and not torch.equal(q16, q32)  # bf16 really ran, the output is fp32
+    torch.testing.assert_close(q16, q32, atol=2e-2, rtol=2e-2)
+    q16.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in agent.critic.q.weights)
+
+
+def test_bad_critic_dtype_is_named():
+    with pytest.raises(VlarlError, match="critic_dtype"):
+        SACAgent(SACConfig(critic_dtype="float16"), state_dim=2, action_dim=1)
+
+
+def test_compiled_critic_loss_matches_eager():
+    agent = tiny_agent()
+    b = batch()
+    torch.manual_seed(3)
+    eager = critic_loss(agent, b)
+    torch.manual_seed(3)
+    with torch._inductor.config.patch(fallback_random=True):  # the same random draws as eager
+        compiled = torch.compile(critic_loss)(agent, b)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("critic_dtype", ["float32", "bfloat16"])
+def test_sac_learns_the_toy_task(tmp_path, critic_dtype):
     from vlarl.recipes.collect import EnvConfig
     from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
 
     cfg = RLPDConfig(env=EnvConfig(name="toy/reach", obs_mode="state"),
-                     sac=SACConfig(ensemble=2, utd=4, batch_size=128, hidden=128, lr=1e-3),
+                     sac=SACConfig(ensemble=2, utd=4, batch_size=128, hidden=128, lr=1e-3, critic_dtype=critic_dtype),
                      steps=1500, random_steps=300, eval_every=500, eval_episodes=20, eval_envs=1, save_every=1500,
                      run_dir=str(tmp_path / "sac"))
     results = train_rlpd(cfg, progress=False)

@@ -126,7 +126,8 @@ class CriticHead(nn.Module):
     matmul per layer, no Python loop over critics); LayerNorm and ReLU in the hidden layers,
     as RLPD's critics have."""
 
-    def __init__(self, dim: int, action_dim: int, ensemble: int = 2, hidden: int = 256, layers: int = 2) -> None:
+    def __init__(self, dim: int, action_dim: int, ensemble: int = 2, hidden: int = 256, layers: int = 2,
+                 hidden_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         sizes = [dim + action_dim] + [hidden] * layers + [1]
         self.weights = nn.ParameterList()
@@ -141,6 +142,7 @@ class CriticHead(nn.Module):
         self.norm_scale = nn.Parameter(torch.ones(layers, ensemble, 1, hidden))
         self.norm_shift = nn.Parameter(torch.zeros(layers, ensemble, 1, hidden))
         self.ensemble, self.hidden = ensemble, hidden
+        self.hidden_dtype = hidden_dtype  # torch.bfloat16: the hidden x hidden products in bfloat16
 
     def forward(self, features: torch.Tensor, actions: torch.Tensor,
                 members: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,11 +150,16 @@ class CriticHead(nn.Module):
         when given, so a target over a subset costs only that subset."""
         n = self.ensemble if members is None else len(members)
         x = torch.cat([features, actions], -1).expand(n, -1, -1)
+        last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             if members is not None:
                 w, b = w[members], b[members]
-            x = torch.baddbmm(b, x, w)
-            if i < len(self.weights) - 1:
+            if 0 < i < last and self.hidden_dtype != torch.float32:
+                # hidden x hidden products in bfloat16 (fp32 accumulation); input and output layers stay fp32
+                x = torch.baddbmm(b.to(self.hidden_dtype), x.to(self.hidden_dtype), w.to(self.hidden_dtype)).float()
+            else:
+                x = torch.baddbmm(b, x, w)
+            if i < last:
                 scale, shift = self.norm_scale[i], self.norm_shift[i]
                 if members is not None:
                     scale, shift = scale[members], shift[members]

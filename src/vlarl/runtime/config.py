@@ -38,6 +38,19 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def _inside_mapping_field(cls: type, dotted: str) -> bool:
+    """True for ``env.options.reward``: a key inside a free-form mapping field (``options: dict``)."""
+    tp: Any = cls
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp) or part not in _field_types(tp):
+            return False
+        tp = _field_types(tp)[part]
+        if (typing.get_origin(tp) is dict or tp is dict) and i < len(parts) - 1:
+            return True
+    return False
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -128,7 +141,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        if key not in valid_keys(cls):
+        if key not in valid_keys(cls) and not _inside_mapping_field(cls, key):
             raise ConfigError(unknown("key", key, valid_keys(cls), f"override {item!r}"))
         _merge(values, key, yaml.safe_load(raw) if raw else "")
     return _build_nested(cls, values, str(path) if path else "config")
