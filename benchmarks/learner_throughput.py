@@ -8,15 +8,22 @@ min over Z = 2 distinct critics. Every implementation does that work, on the sam
 shapes, each in its own process, interleaved round by round; the median per implementation is
 kept. Observations: state (39-d, Meta-World) and 84 px pixels with a shared conv encoder.
 
-- vlarl: ``vlarl.algos.sac`` (stacked-weight ensemble, one batched matmul per layer).
+- vlarl: ``vlarl.algos.sac`` (stacked-weight ensemble, one batched matmul per layer), eager;
+  vlarl_compiled: with ``compile=True``; vlarl_compiled_bf16: also ``critic_dtype=bfloat16``.
 - plain_loop: the same maths with E separate critic networks run in a Python loop.
 - torchrl: ``torchrl.objectives.SACLoss`` with ``num_qvalue_nets=E`` (run with
   ``--peer-python``, a venv with torchrl). Differences: its target is the min over all E
   critics (no Z subset), and each critic step also computes its actor and alpha losses.
-LeRobot's SAC needs Python >= 3.12 and is not measured here. The torchrl venv:
+- lerobot: LeRobot 0.3.3's ``SACPolicy`` (the last release that installs on Python 3.11), driven
+  as its learner script drives it (run with ``--lerobot-python``); lerobot_eager: without its
+  torch.compile. The peer venvs (same torch as vlarl):
 
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0
     /tmp/peers/bin/pip install torchrl==0.14.1 "tensordict<0.15"
+    python3 -m venv /tmp/lrpeer && /tmp/lrpeer/bin/pip install torch==2.13.0
+    /tmp/lrpeer/bin/pip install --no-deps lerobot==0.3.3
+    /tmp/lrpeer/bin/pip install draccus==0.10.0 einops huggingface_hub safetensors termcolor \
+        "gymnasium<1.0" jsonlines deepdiff "datasets<=3.6.0" imageio pyserial av
 
 Also reports ``replay_bytes_ratio``: RAM per stored 84 px pixel transition over one uint8
 image. Writes benchmarks/results/learner_throughput.json and .md.
@@ -53,10 +60,11 @@ def _batches(obs: str, device="cpu"):
     return [one() for _ in range(G)]
 
 
-def run_vlarl(obs: str, seconds: float) -> float:
+def run_vlarl(obs: str, seconds: float, compile: bool = False, critic_dtype: str = "float32") -> float:
     from vlarl.algos.sac import SACAgent, SACConfig, SACLearner
 
-    cfg = SACConfig(ensemble=E, subset=Z, utd=G, batch_size=B, hidden=HIDDEN)
+    cfg = SACConfig(ensemble=E, subset=Z, utd=G, batch_size=B, hidden=HIDDEN, compile=compile,
+                    critic_dtype=critic_dtype)
     agent = SACAgent(cfg, STATE if obs == "state" else 4, ACT, {"corner": (84, 84, 3)} if obs == "pixels" else None)
     learner = SACLearner(agent)
     batches = _batches(obs)
@@ -263,15 +271,19 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         impl, obs = args.one
-        print(json.dumps({"rate": {"vlarl": run_vlarl, "plain_loop": run_plain, "torchrl": run_torchrl, "lerobot": run_lerobot,
+        print(json.dumps({"rate": {"vlarl": run_vlarl,
+                                      "vlarl_compiled": lambda o, s: run_vlarl(o, s, compile=True),
+                                      "vlarl_compiled_bf16": lambda o, s: run_vlarl(o, s, True, "bfloat16"),
+                                      "plain_loop": run_plain, "torchrl": run_torchrl, "lerobot": run_lerobot,
                                       "lerobot_eager": lambda o, s: run_lerobot(o, s, compile=False)}[impl](obs, args.seconds)}))
         return
-    cases = [("vlarl", "state", sys.executable), ("plain_loop", "state", sys.executable),
-             ("vlarl", "pixels", sys.executable), ("plain_loop", "pixels", sys.executable)]
+    ours = ["vlarl", "vlarl_compiled", "vlarl_compiled_bf16"]
+    cases = [(impl, "state", sys.executable) for impl in ours] + [("plain_loop", "state", sys.executable)]
+    cases += [(impl, "pixels", sys.executable) for impl in ours] + [("plain_loop", "pixels", sys.executable)]
     if args.peer_python:
-        cases.insert(2, ("torchrl", "state", args.peer_python))
+        cases.insert(4, ("torchrl", "state", args.peer_python))
     if args.lerobot_python:
-        cases[2:2] = [("lerobot", "state", args.lerobot_python), ("lerobot_eager", "state", args.lerobot_python)]
+        cases[4:4] = [("lerobot", "state", args.lerobot_python), ("lerobot_eager", "state", args.lerobot_python)]
     rates: dict[str, list[float]] = {}
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     for r in range(args.rounds):
@@ -287,43 +299,70 @@ def main() -> None:
     write(rates, args)
 
 
+NOTES = {
+    "vlarl": "stacked-weight ensemble, eager, float32",
+    "vlarl_compiled": "the same with torch.compile on the critic loss (float32)",
+    "vlarl_compiled_bf16": "compiled, the critics' hidden x hidden products in bfloat16 (fp32 weights, "
+                           "accumulation, LayerNorm and Q outputs)",
+    "plain_loop": "the same maths, E separate critic networks in a Python loop, eager float32",
+    "torchrl": "torchrl 0.14.1 SACLoss (vmapped critics, float32); target min over all E critics, actor and "
+               "alpha losses computed on every critic step",
+    "lerobot": "LeRobot 0.3.3 SACPolicy as shipped (torch.compile on its critics, float32); Python loop over "
+               "critics, target over all E then Z subsampled, grad-norm clipping, extra state-encoder layer",
+    "lerobot_eager": "LeRobot 0.3.3 SACPolicy with use_torch_compile=False",
+}
+
+
 def write(rates: dict[str, list[float]], args) -> None:
     from vlarl.data.replay import ReplayBuffer
 
     med = {k: statistics.median(v) for k, v in rates.items()}
-    peers = {k: v for k, v in med.items() if not k.startswith("vlarl/")}
-    speedups = {}
+    ours = {k: v for k, v in med.items() if k.startswith("vlarl")}
+    peers = {k: v for k, v in med.items() if not k.startswith("vlarl")}
+    best, best_fp32, eager = {}, {}, {}
     for obs in ("state", "pixels"):
-        ours = med.get(f"vlarl/{obs}")
-        theirs = [v for k, v in peers.items() if k.endswith("/" + obs)]
-        if ours and theirs:
-            speedups[obs] = ours / max(theirs)
+        theirs = max((v for k, v in peers.items() if k.endswith("/" + obs)), default=None)
+        mine = {k: v for k, v in ours.items() if k.endswith("/" + obs)}
+        if theirs and mine:
+            top = max(mine, key=mine.get)
+            top32 = max((k for k in mine if "bf16" not in k), key=mine.get)
+            best[obs] = {"vlarl": top.split("/")[0], "speedup": mine[top] / theirs}
+            best_fp32[obs] = {"vlarl": top32.split("/")[0], "speedup": mine[top32] / theirs}
+            if f"vlarl/{obs}" in mine:
+                eager[obs] = mine[f"vlarl/{obs}"] / theirs
     buf = ReplayBuffer(10_000, 4, ACT, {"corner": (84, 84, 3)})
     doc = {
         "command": "python " + " ".join(sys.argv),
         "unit": f"one update = {G} critic steps (batch {B}) + 1 actor step + 1 temperature step; E={E}, Z={Z}",
+        "implementations": NOTES,
         "updates_per_s_median": med,
         "updates_per_s_rounds": rates,
-        "peers": {k: {"updates_per_s": v, "vlarl_speedup": med.get("vlarl/" + k.split("/")[1], float("nan")) / v}
-                  for k, v in peers.items()},
-        "speedup_vs_best_peer": min(speedups.values()) if speedups else None,
-        "speedup_vs_best_peer_per_obs": speedups,
+        "peers": {k: {"updates_per_s": v, "best_vlarl_speedup": ours.get(
+            f"{best.get(k.split('/')[1], {}).get('vlarl')}/{k.split('/')[1]}", float("nan")) / v}
+            for k, v in peers.items()},
+        "speedup_vs_best_peer": min(b["speedup"] for b in best.values()) if best else None,
+        "speedup_vs_best_peer_per_obs": best,
+        "speedup_vs_best_peer_float32": min(b["speedup"] for b in best_fp32.values()) if best_fp32 else None,
+        "speedup_vs_best_peer_float32_per_obs": best_fp32,
+        "speedup_vs_best_peer_eager_float32": min(eager.values()) if eager else None,
         "replay_bytes_ratio": buf.nbytes / buf.capacity / (84 * 84 * 3),
-        "not_measured": {"lerobot": "LeRobot's SAC needs Python >= 3.12; not installed here",
-                         "torchrl/pixels": "torchrl measured on state only"},
+        "not_measured": {"torchrl/pixels": "torchrl measured on state only",
+                         "lerobot/pixels": "LeRobot measured on state only (its image encoder differs from ours)"},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "learner_throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = ["# SAC/RLPD learner throughput", "", f"`{doc['command']}` on {doc['machine']}. {doc['unit']}.", "",
-             "| implementation | obs | updates/s (median) | vlarl speed-up |", "|---|---|---|---|"]
+             "| implementation | obs | updates/s (median) | best vlarl / this |", "|---|---|---|---|"]
     for k, v in med.items():
         impl, obs = k.split("/")
-        sp = med.get(f"vlarl/{obs}", float("nan")) / v
-        lines.append(f"| {impl} | {obs} | {v:.3f} | {sp:.2f}x |")
-    lines += ["", f"replay bytes per 84 px pixel transition / one uint8 image: {doc['replay_bytes_ratio']:.3f}",
-              "", "torchrl's SACLoss takes the min over all E critics (no Z subset) and computes the actor and "
-              "alpha losses on every critic step; LeRobot not measured (needs Python >= 3.12)."]
+        top = best.get(obs, {}).get("vlarl", "vlarl")
+        lines.append(f"| {impl} | {obs} | {v:.3f} | {ours.get(f'{top}/{obs}', float('nan')) / v:.2f}x |")
+    lines += ["", f"Speed-up over the best peer: {doc['speedup_vs_best_peer']:.2f}x with bfloat16 allowed, "
+              f"{doc['speedup_vs_best_peer_float32']:.2f}x in float32, "
+              f"{doc['speedup_vs_best_peer_eager_float32']:.2f}x eager float32 (worst case over state and pixels).",
+              "", f"Replay bytes per 84 px pixel transition / one uint8 image: {doc['replay_bytes_ratio']:.3f}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in NOTES.items() if any(m.startswith(k + "/") for m in med)]
     (RESULTS / "learner_throughput.md").write_text("\n".join(lines) + "\n")
 
 

@@ -12,7 +12,7 @@ with 5k random steps). Success (``--eval-episodes`` deterministic episodes) is r
 
 Runs go seed by seed (every task and method of seed 0 first), ``--workers`` at a time, each in
 its own process with one torch thread; results are written after every run to
-benchmarks/results/rlpd_metaworld.json (+ .md, + .png) with exactly what ran and what did
+benchmarks/results/<--out>.json (+ .md, + .png) with exactly what ran and what did
 not finish. On CPU RLPD's full budget (UTD 20, E = 10) takes hours per run, so the settings
 actually used are recorded beside the results; ``--pixels-task`` adds one pixel-based RLPD run.
 """
@@ -53,7 +53,7 @@ def run_one(job: dict) -> dict:
                     options=NO_TERMINATION)
     sac = SACConfig(ensemble=a["ensemble"], utd=a["utd"], batch_size=a["pixel_batch"] if pixels else 256,
                     offline_ratio=0.0 if job["method"] == "sac_demos" else 0.5, compile=a["compile"],
-                    critic_dtype=a["critic_dtype"])
+                    critic_dtype=a["critic_dtype"], reward_scale=a["reward_scale"])
     steps = a["pixel_steps"] if pixels else a["steps"]
     cfg = RLPDConfig(env=env, sac=sac, demos=None if job["method"] == "sac" else job["demos"],
                      demos_in_online_buffer=job["method"] == "sac_demos", steps=steps,
@@ -81,7 +81,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", nargs="+", default=["drawer-open", "window-open", "button-press-topdown"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--utd", type=int, default=20)
     p.add_argument("--ensemble", type=int, default=10)
@@ -89,23 +89,26 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--demos", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reward-scale", type=float, default=1.0)
     p.add_argument("--compile", action="store_true", help="torch.compile the critic loss")
     p.add_argument("--critic-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--pixels-task", default=None, help="also one RLPD run from 84 px pixels on this task")
     p.add_argument("--pixel-steps", type=int, default=5_000)
     p.add_argument("--pixel-batch", type=int, default=128)
     p.add_argument("--work", default="runs/bench_rlpd")
+    p.add_argument("--out", default="rlpd_metaworld", help="results name in benchmarks/results/")
     args = p.parse_args()
     work = Path(args.work)
     doc = {"command": "python " + " ".join(sys.argv), "settings": vars(args), "status": "running",
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "learner": f"E={args.ensemble} critics, target min over Z=2, UTD {args.utd}, batch 256 "
-                      f"(critics {args.critic_dtype}{', compiled' if args.compile else ''}) "
+                      f"(critics {args.critic_dtype}{', compiled' if args.compile else ''}), "
+                      f"reward scale {args.reward_scale}, "
                       "(RLPD: 128 offline + 128 online), LayerNorm MLP critics and actor 256x2, lr 3e-4, "
                       "gamma 0.99, tau 0.005, target entropy -|A|/2",
            "runs": {}, "not_finished": []}
     jobs = []
-    for task in args.tasks:
+    for task in args.tasks if args.methods else []:
         collect_demos(task, args.demos, work / "demos" / task, pixels=False)
     for seed in args.seeds:
         for task in args.tasks:
@@ -114,7 +117,7 @@ def main() -> None:
                              "run_dir": str(work / task / method / f"seed{seed}"), "args": vars(args)})
     if args.pixels_task:
         collect_demos(args.pixels_task, args.demos, work / "demos_pixels" / args.pixels_task, pixels=True)
-        jobs.insert(min(len(jobs), 2 * len(args.tasks) * len(args.methods) // 2),
+        jobs.insert(len(args.tasks) * len(args.methods),  # after the first seed
                     {"task": args.pixels_task, "method": "rlpd_pixels", "seed": 0,
                      "demos": str(work / "demos_pixels" / args.pixels_task),
                      "run_dir": str(work / args.pixels_task / "rlpd_pixels" / "seed0"), "args": vars(args)})
@@ -127,7 +130,14 @@ def main() -> None:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
                 j = pending.pop(f)
-                r = f.result()
+                try:
+                    r = f.result()
+                except Exception as err:  # keep the other runs going; the failure is recorded
+                    doc.setdefault("failed", {})[key(j)] = f"{type(err).__name__}: {err}"
+                    doc["not_finished"].remove(key(j))
+                    print(f"{key(j)} failed: {err}", flush=True)
+                    write(doc, args)
+                    continue
                 doc["runs"][key(j)] = r
                 doc["not_finished"].remove(key(j))
                 print(f"{key(j)} {[(e['step'], e['success']) for e in r['evals']]} "
@@ -156,8 +166,8 @@ def write(doc: dict, args: argparse.Namespace) -> None:
               if method in ms and all(r["evals"][-1]["step"] == 20_000 for r in per[t][method])}
         doc[f"{method}_success_at_20k"] = at
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rlpd_metaworld.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["# RLPD vs SAC vs SAC + demos on Meta-World (state)", "",
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = ["# RLPD vs SAC vs SAC + demos on Meta-World", "",
              f"`{doc['command']}` on {doc['machine']} — status: {doc['status']}.", "",
              f"Learner for every method: {doc['learner']}; {args.steps} env steps, {args.demos} scripted demos, "
              f"{args.eval_episodes} eval episodes every {args.eval_every} steps.", "",
@@ -170,8 +180,8 @@ def write(doc: dict, args: argparse.Namespace) -> None:
             lines.append(f"| {t} | {m} | {doc['final_success'][t][m]:.2f} | {finals} | {len(rs)} | {mins:.0f} |")
     if doc["not_finished"]:
         lines += ["", "Not finished: " + ", ".join(doc["not_finished"])]
-    (RESULTS / "rlpd_metaworld.md").write_text("\n".join(lines) + "\n")
-    plot(per, RESULTS / "rlpd_metaworld.png")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    plot(per, RESULTS / f"{args.out}.png")
 
 
 def plot(per: dict, path: Path) -> None:

@@ -46,6 +46,10 @@ def test_td_target_matches_hand_computation():
     torch.manual_seed(5)
     y2 = td_target(agent, b, subset)
     torch.testing.assert_close(y2, b["reward"] + 0.9 * (1 - b["terminated"].float()) * torch.minimum(q[2], q[0]))
+    agent.cfg.reward_scale = 0.1  # only the reward is scaled
+    torch.manual_seed(5)
+    y3 = td_target(agent, b, subset)
+    torch.testing.assert_close(y3, 0.1 * b["reward"] + 0.9 * (1 - b["terminated"].float()) * torch.minimum(q[2], q[0]))
 
 
 def test_critic_subset_is_distinct():

@@ -1,7 +1,8 @@
 """SAC with RLPD's options, written to be checked against the paper line by line.
 
-    critic:  y = r + gamma * (1 - terminated) * (min_{j in Z} Q'_j(s', a') - alpha * log pi(a'|s')),
-             a' ~ pi(.|s'), Z a random subset of ``subset`` distinct critics out of ``ensemble``;
+    critic:  y = c * r + gamma * (1 - terminated) * (min_{j in Z} Q'_j(s', a') - alpha * log pi(a'|s')),
+             a' ~ pi(.|s'), Z a random subset of ``subset`` distinct critics out of ``ensemble``,
+             c = ``reward_scale``;
              loss = mean over critics and batch of (Q_i(s, a) - y)^2
     actor:   loss = mean(alpha * log pi(a|s) - mean_i Q_i(s, a)),  a ~ pi(.|s)
     alpha:   loss = -mean(log_alpha * (log pi(a|s) + target_entropy)),  target_entropy = -|A| / 2
@@ -47,6 +48,9 @@ class SACConfig:
     batch_size: int = 256
     offline_ratio: float = 0.5  # share of each minibatch drawn from the offline data
     gamma: float = 0.99
+    # Q grows at most about lr x (hidden units) per step through a LayerNorm critic, so large
+    # dense rewards (Meta-World: up to 10 per step) learn slowly unless scaled down.
+    reward_scale: float = 1.0
     tau: float = 0.005
     lr: float = 3e-4
     hidden: int = 256
@@ -135,7 +139,7 @@ class SACAgent(nn.Module):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         continuous = self.critic.continuous_dim
         if continuous < 1:
-            raise ValueError(f"gripper_critic needs at least one continuous action dimension besides the gripper; "
+            raise VlarlError(f"sac.gripper_critic needs at least one continuous action dimension besides the gripper; "
                              f"the env has {action_dim}")
         self.actor = Actor(self.critic.feature_dim, continuous, cfg)
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_temperature)).log())
@@ -169,9 +173,9 @@ def next_features(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor,
     return agent.critic.features(batch["next_obs"]), agent.target_critic.features(batch["next_obs"])
 
 
-def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor,
+def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor | None,
               features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """y = r + gamma (1 - terminated) (min over ``subset`` of Q'(s', a') - alpha log pi(a'|s'))."""
+    """y = c r + gamma (1 - terminated) (min over ``subset`` of Q'(s', a') - alpha log pi(a'|s'))."""
     cfg = agent.cfg
     with torch.no_grad():
         next_f, target_f = features if features is not None else next_features(agent, batch)
@@ -179,22 +183,25 @@ def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor,
         q_next = agent.target_critic(target_f, next_a, members=subset).min(0).values
         if cfg.backup_entropy:
             q_next = q_next - agent.alpha * next_logp
-        return batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+        return cfg.reward_scale * batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
 
 
 def gripper_target(agent: SACAgent, batch: dict[str, Any],
                    features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Double DQN: y = r + gamma (1 - terminated) Q'_g(s', argmax_b Q_g(s', b))."""
+    """Double DQN: y = c r + gamma (1 - terminated) Q'_g(s', argmax_b Q_g(s', b))."""
     with torch.no_grad():
         next_f, target_f = features if features is not None else next_features(agent, batch)
         best = agent.critic.gripper(next_f).argmax(-1, keepdim=True)
         q_next = agent.target_critic.gripper(target_f).gather(-1, best).squeeze(-1)
-        return batch["reward"] + agent.cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+        cfg = agent.cfg
+        return cfg.reward_scale * batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
 
 
 def critic_loss(agent: SACAgent, batch: dict[str, Any]) -> torch.Tensor:
     """The ensemble's TD loss, plus the gripper critic's when there is one (one optimiser)."""
-    subset = torch.randperm(agent.cfg.ensemble, device=batch["reward"].device)[: agent.cfg.subset]  # distinct
+    cfg = agent.cfg
+    subset = (torch.randperm(cfg.ensemble, device=batch["reward"].device)[: cfg.subset]  # distinct critics
+              if cfg.subset < cfg.ensemble else None)  # Z = E: all of them, no gather
     nxt = next_features(agent, batch)
     y = td_target(agent, batch, subset, nxt)
     features = agent.critic.features(batch["obs"])
