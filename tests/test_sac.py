@@ -12,6 +12,7 @@ from vlarl.errors import VlarlError
 
 from vlarl.algos.sac import (SACAgent, SACConfig, SACLearner, critic_loss, gripper_index, gripper_target, soft_update,
                              td_target, temperature_loss)
+from vlarl.errors import VlarlError
 
 
 def tiny_agent(**kw):
@@ -230,3 +231,23 @@ def test_demo_variants_run(tmp_path, mode):
     assert results["steps"] == 60
     if mode == "demos_online":  # the demos' frames went into the online buffer first
         assert results["buffer_frames"] > 60 + 5
+
+
+def test_gripper_critic_runs_in_the_recipe_on_the_panda(tmp_path):
+    from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
+    from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
+
+    env = EnvConfig(name="panda/pick-cube", obs_mode="state", episode_length=30)
+    demos = tmp_path / "demos"
+    collect(CollectConfig(env=env, episodes=2, out=str(demos)), progress=False)
+    cfg = RLPDConfig(env=env, demos=str(demos), steps=80, random_steps=0, eval_every=80, eval_episodes=2,
+                     eval_envs=1, save_every=80, run_dir=str(tmp_path / "r"),
+                     sac=SACConfig(ensemble=2, utd=2, batch_size=16, hidden=16, gripper_critic=True,
+                                   gripper_epsilon=0.2))
+    results = train_rlpd(cfg, progress=False)
+    assert results["steps"] == 80 and len(results["evals"]) == 1
+    from vlarl.runtime.checkpoint import latest_checkpoint, load_checkpoint
+    agent = SACAgent(cfg.sac, 21, 4)
+    load_checkpoint(latest_checkpoint(tmp_path / "r" / "checkpoints"), {"agent": agent})
+    act = agent.act({"state": torch.zeros(5, 21)})
+    assert act.shape == (5, 4) and set(act[:, -1].tolist()) <= {-1.0, 0.0, 1.0}

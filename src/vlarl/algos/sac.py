@@ -62,14 +62,15 @@ class SACConfig:
     feature_dim: int = 50  # pixel features after the encoder's projection
     augment: bool = True  # random shift of pixel observations
     compile: bool = False  # torch.compile the critic loss (fused kernels; on CPU it needs a C++ compiler)
-    critic_dtype: str = "float32"  # "bfloat16": hidden-layer products of the critics in bfloat16 (see below)
+    critic_dtype: str = "float32"  # "bfloat16": critics' hidden products and pixel convolutions in bfloat16
     gripper_critic: bool = False  # last action dim: a DQN over {-1, 0, +1} instead of the actor
     gripper_epsilon: float = 0.0  # random gripper command while exploring (not when deterministic)
 
 
 GRIPPER_COMMANDS = (-1.0, 0.0, 1.0)  # open, stay, close
-# bfloat16 runs the critics' hidden x hidden products at twice the fp32 rate on CPUs with
-# AVX512-BF16/AMX and on GPUs; weights, accumulation, LayerNorm and the Q outputs stay fp32.
+# bfloat16 runs the critics' hidden x hidden products (and a pixel encoder's convolutions) at
+# twice the fp32 rate or more on CPUs with AVX512-BF16/AMX and on GPUs; weights, accumulation,
+# LayerNorm and the Q outputs stay fp32.
 CRITIC_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -81,9 +82,10 @@ def gripper_index(command: torch.Tensor) -> torch.Tensor:
 class PixelFeatures(nn.Module):
     """Encoder tokens -> LayerNorm(Linear) -> tanh, as DrQ-v2 projects conv features."""
 
-    def __init__(self, encoder: str, cameras: dict[str, tuple[int, int, int]], feature_dim: int) -> None:
+    def __init__(self, encoder: str, cameras: dict[str, tuple[int, int, int]], feature_dim: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.cameras = list(cameras)
+        self.cameras, self.dtype = list(cameras), dtype
         self.encoder = make_encoder(encoder, frozen=True)
         size = next(iter(cameras.values()))[0]
         with torch.no_grad():
@@ -91,19 +93,24 @@ class PixelFeatures(nn.Module):
         self.proj = nn.Sequential(nn.Linear(n * len(cameras), feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
     def forward(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.proj(torch.cat([self.encoder(pixels[c]).flatten(1) for c in self.cameras], dim=1))
+        device = next(iter(pixels.values())).device.type
+        # bfloat16: the encoder's convolutions under autocast; the projection and LayerNorm in fp32
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            tokens = [self.encoder(pixels[c]).flatten(1) for c in self.cameras]
+        return self.proj(torch.cat(tokens, dim=1).float())
 
 
 class Critic(nn.Module):
     def __init__(self, state_dim: int, action_dim: int, cfg: SACConfig, cameras: dict | None) -> None:
         super().__init__()
-        self.pixels = PixelFeatures(cfg.encoder, cameras, cfg.feature_dim) if cameras else None
-        self.feature_dim = state_dim + (cfg.feature_dim if cameras else 0)
-        self.continuous_dim = action_dim - 1 if cfg.gripper_critic else action_dim
         if cfg.critic_dtype not in CRITIC_DTYPES:
             raise VlarlError(f"sac.critic_dtype must be one of {list(CRITIC_DTYPES)}, got {cfg.critic_dtype!r}")
+        dtype = CRITIC_DTYPES[cfg.critic_dtype]
+        self.pixels = PixelFeatures(cfg.encoder, cameras, cfg.feature_dim, dtype) if cameras else None
+        self.feature_dim = state_dim + (cfg.feature_dim if cameras else 0)
+        self.continuous_dim = action_dim - 1 if cfg.gripper_critic else action_dim
         self.q = CriticHead(self.feature_dim, self.continuous_dim, cfg.ensemble, cfg.hidden, cfg.layers,
-                            hidden_dtype=CRITIC_DTYPES[cfg.critic_dtype])
+                            hidden_dtype=dtype)
         self.gripper = (mlp(self.feature_dim, len(GRIPPER_COMMANDS), cfg.hidden, cfg.layers, layer_norm=True)
                         if cfg.gripper_critic else None)
 
