@@ -171,6 +171,9 @@ def write(doc: dict, args: argparse.Namespace) -> None:
              f"`{doc['command']}` on {doc['machine']} — status: {doc['status']}.", "",
              f"Learner for every method: {doc['learner']}; {args.steps} env steps, {args.demos} scripted demos, "
              f"{args.eval_episodes} eval episodes every {args.eval_every} steps.", "",
+             *([f"Pixel runs (`rlpd_pixels`): {args.pixel_steps} env steps, batch {args.pixel_batch}, 84 px corner "
+                f"camera + 4-d proprio, conv encoder trained by the critic loss, random-shift augmentation.", ""]
+               if args.pixels_task else []),
              "| task | method | final success (mean over seeds) | per seed | seeds | minutes per run |",
              "|---|---|---|---|---|---|"]
     for t, ms in per.items():
