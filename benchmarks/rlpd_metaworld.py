@@ -36,6 +36,7 @@ METHODS = ("rlpd", "sac", "sac_demos")
 # Meta-World's reward is dense and positive, so ending the episode at success would pay the
 # agent to stay just short of it; episodes run their full 200 steps (success = any step).
 NO_TERMINATION = {"terminate_on_success": False}
+COLORS = {"rlpd": "tab:blue", "sac": "tab:orange", "sac_demos": "tab:green"}
 
 
 def run_one(job: dict) -> dict:
@@ -198,19 +199,22 @@ def plot(per: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(per), figsize=(4.5 * len(per), 3.4), squeeze=False)
     for ax, (task, ms) in zip(axes[0], per.items()):
-        for method, rs in ms.items():
+        for method in [m for m in (*METHODS, "rlpd_pixels") if m in ms]:  # one colour per method in every panel
+            rs = ms[method]
             steps = [e["step"] for e in rs[0]["evals"]]
             curves = np.array([[e["success"] for e in r["evals"]] for r in rs if len(r["evals"]) == len(steps)])
             mean = curves.mean(0)
-            ax.plot(steps, mean, "o-", label=f"{method} ({len(curves)} seeds)")
+            color = COLORS.get(method, "tab:purple")
+            ax.plot(steps, mean, "o-", color=color, label=f"{method} ({len(curves)} seed{'s' * (len(curves) > 1)})")
             if len(curves) > 1:
-                ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
+                ax.fill_between(steps, curves.min(0), curves.max(0), color=color, alpha=0.2)
         ax.set_title(task)
         ax.set_xlabel("env steps")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("success rate")
-    axes[0][-1].legend(fontsize=8)
+    for ax in axes[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
