@@ -302,8 +302,8 @@ def main() -> None:
 NOTES = {
     "vlarl": "stacked-weight ensemble, eager, float32",
     "vlarl_compiled": "the same with torch.compile on the critic loss (float32)",
-    "vlarl_compiled_bf16": "compiled, the critics' hidden x hidden products in bfloat16 (fp32 weights, "
-                           "accumulation, LayerNorm and Q outputs)",
+    "vlarl_compiled_bf16": "compiled, the critics' hidden x hidden products (and, with pixels, the conv "
+                           "encoder under autocast) in bfloat16; fp32 weights, accumulation, LayerNorm and Q outputs",
     "plain_loop": "the same maths, E separate critic networks in a Python loop, eager float32",
     "torchrl": "torchrl 0.14.1 SACLoss (vmapped critics, float32); target min over all E critics, actor and "
                "alpha losses computed on every critic step",
