@@ -25,14 +25,20 @@ _COLLECT_FLAGS = {
 }
 
 
+def _recipe_args(parser: argparse.ArgumentParser, config_help: str, resume_help: str, example: str) -> None:
+    """--config, --resume and the dotted overrides every training recipe takes."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlarl", description="RL post-training for vision-language-action policies")
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the main job on its embedded default (a short simulated run)")
-    demo.add_argument("--config", help="YAML recipe (defaults are embedded)")
-    demo.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
-    demo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. collect.episodes=4")
+    _recipe_args(demo, "YAML recipe (defaults are embedded)", "continue the run in RUN_DIR with its saved config",
+                 "collect.episodes=4")
 
     col = sub.add_parser("collect", help="collect scripted episodes into a dataset")
     col.add_argument("--config", help="YAML recipe")
@@ -50,16 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy")
     train_sub = train.add_subparsers(dest="recipe", required=True)
     sft = train_sub.add_parser("sft", help="supervised fine-tuning on episode datasets")
-    sft.add_argument("--config", help="YAML recipe")
-    sft.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=5000 policy.head=tokens")
+    _recipe_args(sft, "YAML recipe", "continue the run in RUN_DIR", "steps=5000 policy.head=tokens")
 
     rl = train_sub.add_parser("rlpd", help="online RL with offline demos (RLPD) and its SAC baselines")
-    rl.add_argument("--config", help="YAML recipe, e.g. configs/rlpd-metaworld.yaml")
+    _recipe_args(rl, "YAML recipe, e.g. configs/rlpd-metaworld.yaml", "continue the run in RUN_DIR",
+                 "sac.utd=5 steps=20000")
     rl.add_argument("--env", help="env name (env.name)")
     rl.add_argument("--demos", help="dataset of demos (demos)")
-    rl.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    rl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sac.utd=5 steps=20000")
 
     ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
     ev.add_argument("path", metavar="RUN_OR_CHECKPOINT")
