@@ -45,13 +45,11 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from vlarl.algos.sac import SACConfig
-    from vlarl.recipes.collect import EnvConfig
     from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
 
     a = job["args"]
     pixels = job["method"] == "rlpd_pixels"
-    env = EnvConfig(name=f"metaworld/{job['task']}", obs_mode="pixels" if pixels else "state", episode_length=200,
-                    options=NO_TERMINATION)
+    env = env_config(job["task"], pixels)
     sac = SACConfig(ensemble=a["ensemble"], utd=a["utd"], batch_size=a["pixel_batch"] if pixels else 256,
                     offline_ratio=0.0 if job["method"] == "sac_demos" else 0.5, compile=a["compile"],
                     critic_dtype=a["critic_dtype"], reward_scale=a["reward_scale"])
@@ -69,13 +67,19 @@ def run_one(job: dict) -> dict:
     return {"evals": r["evals"], "seconds": r["seconds"]}
 
 
+def env_config(task: str, pixels: bool):
+    """The same env for demos and training: 200-step episodes that run to the end."""
+    from vlarl.recipes.collect import EnvConfig
+
+    return EnvConfig(name=f"metaworld/{task}", obs_mode="pixels" if pixels else "state", episode_length=200,
+                     options=NO_TERMINATION)
+
+
 def collect_demos(task: str, episodes: int, out: Path, pixels: bool) -> None:
-    from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
+    from vlarl.recipes.collect import CollectConfig, collect
 
     if not (out / "meta" / "info.json").exists():
-        env = EnvConfig(name=f"metaworld/{task}", obs_mode="pixels" if pixels else "state", episode_length=200,
-                        options=NO_TERMINATION)
-        collect(CollectConfig(env=env, episodes=episodes, out=str(out)), progress=False)
+        collect(CollectConfig(env=env_config(task, pixels), episodes=episodes, out=str(out)), progress=False)
 
 
 def main() -> None:

@@ -180,17 +180,22 @@ def next_features(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor,
     return agent.critic.features(batch["next_obs"]), agent.target_critic.features(batch["next_obs"])
 
 
+def _bootstrap(agent: SACAgent, batch: dict[str, Any], q_next: torch.Tensor) -> torch.Tensor:
+    """c r + gamma (1 - terminated) q_next: the one-step target both critics regress to."""
+    cfg = agent.cfg
+    return cfg.reward_scale * batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+
+
 def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor | None,
               features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """y = c r + gamma (1 - terminated) (min over ``subset`` of Q'(s', a') - alpha log pi(a'|s'))."""
-    cfg = agent.cfg
     with torch.no_grad():
         next_f, target_f = features if features is not None else next_features(agent, batch)
         next_a, next_logp = agent.actor(next_f)
         q_next = agent.target_critic(target_f, next_a, members=subset).min(0).values
-        if cfg.backup_entropy:
+        if agent.cfg.backup_entropy:
             q_next = q_next - agent.alpha * next_logp
-        return cfg.reward_scale * batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+        return _bootstrap(agent, batch, q_next)
 
 
 def gripper_target(agent: SACAgent, batch: dict[str, Any],
@@ -200,8 +205,7 @@ def gripper_target(agent: SACAgent, batch: dict[str, Any],
         next_f, target_f = features if features is not None else next_features(agent, batch)
         best = agent.critic.gripper(next_f).argmax(-1, keepdim=True)
         q_next = agent.target_critic.gripper(target_f).gather(-1, best).squeeze(-1)
-        cfg = agent.cfg
-        return cfg.reward_scale * batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+        return _bootstrap(agent, batch, q_next)
 
 
 def critic_loss(agent: SACAgent, batch: dict[str, Any]) -> torch.Tensor:
