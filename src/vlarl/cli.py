@@ -64,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--env", help="env name (env.name)")
     rl.add_argument("--demos", help="dataset of demos (demos)")
 
+    hil = train_sub.add_parser("hil-serl", help="HIL-SERL: async actors + SAC learner, human interventions")
+    _recipe_args(hil, "YAML recipe, e.g. configs/hil-serl-pick-cube.yaml", "continue the run in RUN_DIR "
+                 "(actors still running from before reconnect)", "runtime=inprocess human=none steps=5000")
+    hil.add_argument("--env", help="env name (env.name)")
+
+    rc = sub.add_parser("reward-classifier", help="binary image success classifiers (HIL-SERL's reward)")
+    rc_sub = rc.add_subparsers(dest="rc_command", required=True)
+    rct = rc_sub.add_parser("train", help="train from labelled episodes; reports held-out precision/recall")
+    rct.add_argument("--data", action="append", help="dataset with images and is_success (repeatable)")
+    rct.add_argument("--config", help="YAML config")
+    rct.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=2000 run_dir=runs/clf")
+
     ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint")
     ev.add_argument("path", metavar="RUN_OR_CHECKPOINT")
     ev.add_argument("--episodes", type=int)
@@ -123,6 +135,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             results = train_rlpd(load_config(RLPDConfig, args.config, flags + args.overrides))
         print(json.dumps({k: v for k, v in results.items() if k != "evals"}, indent=2))
+        return 0
+    if args.command == "train" and args.recipe == "hil-serl":
+        from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+        from vlarl.runtime import Run
+
+        flags = [f"env.name={args.env}"] * bool(args.env)
+        if args.resume:
+            results = train_hil_serl(resume=Run.resume(args.resume, HILSERLConfig, flags + args.overrides))
+        else:
+            results = train_hil_serl(load_config(HILSERLConfig, args.config, flags + args.overrides))
+        print(json.dumps({k: v for k, v in results.items() if k not in ("evals", "episodes", "events")}, indent=2))
+        return 0
+    if args.command == "reward-classifier":
+        from vlarl.recipes.reward_classifier import RewardClassifierConfig, train_reward_classifier
+
+        flags = [f"data={','.join(args.data)}"] if args.data else []
+        results = train_reward_classifier(load_config(RewardClassifierConfig, args.config, flags + args.overrides))
+        print(json.dumps(results, indent=2))
         return 0
     if args.command == "train":
         from vlarl.recipes.sft import SFTConfig, train_sft

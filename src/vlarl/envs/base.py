@@ -99,6 +99,10 @@ class VlarlEnv(gym.Env):
         """The first camera's image (used for videos)."""
         return self._render_cameras()[self.cameras[0]]
 
+    def render_cameras(self) -> dict[str, np.ndarray]:
+        """Every configured camera's image now, whatever the obs_mode (e.g. for a reward classifier)."""
+        return self._render_cameras()
+
     def _obs(self) -> dict[str, Any]:
         obs: dict[str, Any] = {"state": self._state().astype(np.float32, copy=False)}
         if "pixels" in self.obs_mode:

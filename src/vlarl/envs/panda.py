@@ -129,6 +129,17 @@ class PandaPickCubeEnv(MujocoEnv):
         move = np.clip((target - tcp) / EE_STEP, -1.0, 1.0)
         return np.concatenate([move, [close]]).astype(np.float32)
 
+    def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """End-effector position (3,) and rotation matrix (3, 3) in the world frame."""
+        site = self._hil.data.site("pinch")
+        return site.xpos.copy(), site.xmat.reshape(3, 3).copy()
+
+    @property
+    def position_slices(self) -> tuple[slice, ...]:
+        """Where ``state`` holds world positions: the tcp, and the cube outside pixels mode."""
+        tcp = slice(PROPRIO_DIM - 3, PROPRIO_DIM)
+        return (tcp,) if self.obs_mode == "pixels" else (tcp, slice(PROPRIO_DIM, PROPRIO_DIM + 3))
+
     def privileged_state(self) -> np.ndarray:
         return np.concatenate([self._proprio(), self._block().astype(np.float32)])
 

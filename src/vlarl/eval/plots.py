@@ -34,3 +34,33 @@ def plot_training(run_path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def hil_serl_curves(results: dict, path: Path, window: int = 20) -> Path:
+    """Evaluation success and the intervention rate (moving mean over ``window`` episodes)
+    against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    evals = results.get("evals", [])
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["success"] for e in evals], "o-", color="tab:green",
+                label="success (policy alone)")
+    eps = results.get("episodes", [])
+    if eps:
+        rate = np.convolve([e["intervention_rate"] for e in eps], np.ones(window) / window, mode="valid") \
+            if len(eps) >= window else [np.mean([e["intervention_rate"] for e in eps])]
+        steps = [e["step"] for e in eps][len(eps) - len(rate):]
+        ax.plot(steps, rate, color="tab:red", label=f"intervention rate ({window}-episode mean)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("env steps")
+    ax.legend(loc="center right", fontsize=8)
+    ax.set_title("HIL-SERL")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

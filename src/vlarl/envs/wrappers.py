@@ -1,0 +1,79 @@
+"""Wrappers HIL-SERL needs: an end-effector-relative frame and a learned success signal."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from vlarl.errors import VlarlError
+
+
+class RelativeFrame(gym.Wrapper):
+    """Actions and positions in the end-effector frame at the start of the episode.
+
+    With (p0, R0) the end-effector pose at reset, every world position x in ``state`` becomes
+    R0^T (x - p0) and an action's translation a[:3] is executed as R0 a[:3]. The policy then
+    sees the same numbers wherever the episode starts (HIL-SERL's trick for invariance). The
+    env must provide ``ee_pose()`` and ``position_slices``.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not (hasattr(base, "ee_pose") and hasattr(base, "position_slices")):
+            raise VlarlError(f"relative_frame: {type(base).__name__} does not expose ee_pose() and position_slices")
+        self._p0, self._r0 = np.zeros(3), np.eye(3)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._p0, self._r0 = self.env.unwrapped.ee_pose()
+        return self.observation(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(self.to_world(action))
+        if "intervention_action" in info:  # what a human executed, in the policy's frame
+            info["intervention_action"] = self.from_world(info["intervention_action"])
+        return self.observation(obs), reward, terminated, truncated, info
+
+    def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        state = obs["state"].copy()
+        for s in self.env.unwrapped.position_slices:
+            state[s] = self._r0.T @ (state[s] - self._p0)
+        return {**obs, "state": state}
+
+    def to_world(self, action: np.ndarray) -> np.ndarray:
+        a = np.array(action, dtype=np.float32)
+        a[:3] = self._r0 @ a[:3]
+        return a
+
+    def from_world(self, action: np.ndarray) -> np.ndarray:
+        a = np.array(action, dtype=np.float32)
+        a[:3] = self._r0.T @ a[:3]
+        return a
+
+
+class ClassifierReward(gym.Wrapper):
+    """Replaces the env's success signal with a learned image classifier's.
+
+    ``success_prob(images)`` maps {camera: uint8 HWC} to a probability. Reward becomes 1 on a
+    classified success and 0 otherwise, and the episode ends there (``terminate``). The env's
+    own signal is kept as ``info["true_success"]`` for evaluation only; build the env with
+    ``terminate_on_success=False`` so it cannot leak through termination either.
+    """
+
+    def __init__(self, env: gym.Env, success_prob: Callable[[dict[str, np.ndarray]], float],
+                 threshold: float = 0.5, terminate: bool = True) -> None:
+        super().__init__(env)
+        self.success_prob, self.threshold, self.terminate = success_prob, float(threshold), terminate
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        images = obs["pixels"] if "pixels" in obs else self.env.unwrapped.render_cameras()
+        prob = float(self.success_prob(images))
+        success = prob >= self.threshold
+        info["true_success"], info["is_success"], info["classifier_prob"] = info["is_success"], success, prob
+        terminated = bool(terminated or (success and self.terminate))
+        truncated = bool(truncated and not terminated)
+        return obs, float(success), terminated, truncated, info

@@ -1,0 +1,503 @@
+"""HIL-SERL: asynchronous actors and a SAC learner, human interventions, a learned reward.
+
+    vlarl train hil-serl --env panda/pick-cube                 # pixels, simulated human
+    vlarl train hil-serl --resume runs/hil-serl                # after a crash or Ctrl-C
+
+The learner (this process) owns two replay buffers, as HIL-SERL does: the demo buffer
+(``demos`` scripted demos recorded through the same wrappers, plus every intervened
+segment) and the RL buffer (every transition). Each critic minibatch is half from each.
+Actors step the env with the newest weights they have and ship whole episodes; the
+learner trains as the data comes, never more than ``updates_per_step`` updates per env
+step received, and publishes weights every ``weights_every`` updates.
+
+Runtimes: ``inprocess`` (one process, actor and learner interleaved: for debugging and
+deterministic tests), ``multiprocess`` (default: actor processes on this machine talking
+over a local socket; no server to start) and ``ray`` (actors as Ray tasks on any node of a
+cluster, connecting back to the learner's address).
+
+The env stack an actor runs, outermost first: end-effector-relative frame -> reward
+classifier -> intervention device -> the env. Evaluation runs the policy alone (no human)
+and counts the env's own success, never the classifier's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
+from vlarl.data.replay import ReplayBuffer, sample_mixed
+from vlarl.envs.intervention import SimulatedHumanConfig
+from vlarl.errors import VlarlError
+from vlarl.recipes.collect import EnvConfig
+from vlarl.recipes.rlpd import _obs_to_torch
+from vlarl.runtime import Run, load_config, resolve_device, seed_everything
+from vlarl.runtime.actor import ActorParts, EpisodeStream
+from vlarl.runtime.launcher import ActorLauncher
+from vlarl.runtime.transport import LearnerServer, TransportConfig
+
+RUNTIMES = ("inprocess", "multiprocess", "ray")
+HUMANS = ("sim", "keyboard", "gamepad", "none")
+REWARDS = ("env", "classifier")
+
+
+def _default_env() -> EnvConfig:
+    return EnvConfig(name="panda/pick-cube", obs_mode="pixels", image_size=128, cameras=["front", "wrist"],
+                     episode_length=100)
+
+
+def _default_sac() -> SACConfig:
+    # HIL-SERL: critic-to-actor ratio 2, gamma 0.97, batch 256, pretrained frozen encoder,
+    # grasp critic; RLPD's LayerNorm ensemble (2 critics, as HIL-SERL) underneath.
+    return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, encoder="efficientnet-lite0",
+                     gripper_critic=True, gripper_epsilon=0.1)
+
+
+@dataclass
+class HILSERLConfig:
+    env: EnvConfig = field(default_factory=_default_env)
+    sac: SACConfig = field(default_factory=_default_sac)
+    demos: int = 20  # scripted demos recorded through the same wrappers into the demo buffer
+    demo_noise: float = 0.1
+    human: str = "sim"  # sim | keyboard | gamepad | none
+    sim_human: SimulatedHumanConfig = field(default_factory=SimulatedHumanConfig)
+    reward: str = "env"  # env | classifier (then ``classifier`` is a reward-classifier run)
+    classifier: str | None = None
+    classifier_threshold: float = 0.5
+    relative_frame: bool = True
+    runtime: str = "multiprocess"  # inprocess | multiprocess | ray
+    actors: int = 1
+    respawn_actors: bool = True  # start a new actor when one dies
+    ray_address: str | None = None  # None: a local Ray instance; "auto": the running cluster
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    control_hz: float | None = None  # pace actors like a real robot (HIL-SERL: 10 Hz)
+    steps: int = 30_000  # env steps received by the learner
+    updates_per_step: float = 1.0  # the learner never runs further ahead of the data than this
+    weights_every: int = 10  # learner updates between weight broadcasts
+    buffer_size: int = 200_000
+    save_buffer: bool = True
+    eval_every: int = 5_000  # env steps
+    eval_episodes: int = 20
+    final_eval_episodes: int = 50
+    save_every: int = 2_500  # env steps
+    log_every: int = 100  # learner updates
+    learner_threads: int = 0  # 0: the cores left after one per actor (at least 1)
+    seed: int = 0
+    run_dir: str = "runs/hil-serl"
+    device: str = "auto"
+
+    def check(self) -> None:
+        for key, value, allowed in (("runtime", self.runtime, RUNTIMES), ("human", self.human, HUMANS),
+                                    ("reward", self.reward, REWARDS)):
+            if value not in allowed:
+                raise VlarlError(f"hil-serl: {key} must be one of {list(allowed)}, got {value!r}")
+        if self.reward == "classifier" and not self.classifier:
+            raise VlarlError("hil-serl: reward=classifier needs classifier=<run dir of vlarl reward-classifier train>")
+        if self.actors < 1:
+            raise VlarlError(f"hil-serl: actors must be >= 1, got {self.actors}")
+
+
+# --- the env stack ------------------------------------------------------------------------
+def make_device(name: str, env, cfg: HILSERLConfig, seed: int):
+    """The intervention device ``name`` for ``env`` (None for "none"); raises if unavailable."""
+    if name == "none":
+        return None
+    if name == "sim":
+        from vlarl.envs.intervention import SimulatedHuman, expert_of
+
+        return SimulatedHuman(expert_of(env), cfg.sim_human, seed=seed)
+    from vlarl.runtime.intervention import GamepadDevice, KeyboardDevice
+
+    return KeyboardDevice() if name == "keyboard" else GamepadDevice()
+
+
+def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
+    """The wrapped env and its intervention device (None when evaluating or no human)."""
+    from vlarl.envs import make
+    from vlarl.envs.intervention import InterventionWrapper
+    from vlarl.envs.wrappers import ClassifierReward, RelativeFrame
+
+    options = cfg.env.kwargs()
+    use_classifier = training and cfg.reward == "classifier"
+    if use_classifier:
+        options["terminate_on_success"] = False  # the classifier decides; the true signal must not leak
+    env = make(cfg.env.name, **options)
+    device = make_device(cfg.human, env, cfg, seed) if training else None
+    if device is not None:
+        env = InterventionWrapper(env, device)
+    if use_classifier:
+        from vlarl.recipes.reward_classifier import load_reward_classifier
+
+        env = ClassifierReward(env, load_reward_classifier(cfg.classifier).success_prob, cfg.classifier_threshold)
+    if cfg.relative_frame:
+        env = RelativeFrame(env)
+    return env, device
+
+
+def _acting_state(agent: SACAgent) -> dict[str, torch.Tensor]:
+    """What an actor needs: the actor, the gripper critic and the pixel encoder (not the ensemble)."""
+    return {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()
+            if not k.startswith(("target_critic.", "critic.q."))}
+
+
+def _agent_for(cfg: HILSERLConfig, env) -> SACAgent:
+    space = env.observation_space
+    cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
+    return SACAgent(cfg.sac, space["state"].shape[0], env.action_space.shape[0], cameras)
+
+
+def build_actor(cfg: HILSERLConfig, actor_id: int, agent: SACAgent | None = None) -> ActorParts:
+    """An actor's env, policy and weight loader (its own agent copy unless ``agent`` is shared)."""
+    seed = cfg.seed + 1000 * (actor_id + 1)
+    env, device = make_env(cfg, seed)
+    agent = agent if agent is not None else _agent_for(cfg, env)
+    torch_device = next(agent.parameters()).device
+
+    def act(obs: dict[str, Any]) -> np.ndarray:
+        return agent.act(_obs_to_torch(obs, torch_device, add_batch_dim=True))[0].cpu().numpy()
+
+    def load(payload: dict[str, Any]) -> None:
+        if payload.get("state_dict") is not None:
+            agent.load_state_dict(payload["state_dict"], strict=False)
+        if device is not None and hasattr(device, "set_progress"):
+            device.set_progress(payload["env_steps"])
+
+    return ActorParts(env=env, act=act, load=load, transport=cfg.transport, seed=seed, control_hz=cfg.control_hz)
+
+
+def actor_parts(run_dir: str, actor_id: int) -> ActorParts:
+    """Entry point of actor processes: the run's saved config -> the actor's parts."""
+    cfg = load_config(HILSERLConfig, Path(run_dir) / "config.yaml")
+    seed_everything(cfg.seed + 1000 * (actor_id + 1))
+    return build_actor(cfg, actor_id)
+
+
+# --- the learner --------------------------------------------------------------------------
+def intervened_segments(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) of True steps."""
+    out, start = [], None
+    for i, m in enumerate(list(mask) + [False]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
+def slice_episode(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[str, np.ndarray]:
+    """Steps [start, end) with their observations start..end (T + 1 rows), as an episode."""
+    t = len(arrays["action"])
+    return {k: (v[start:end + 1] if len(v) == t + 1 else v[start:end]) for k, v in arrays.items()}
+
+
+class Buffers:
+    """HIL-SERL's two buffers: every transition to ``online``; demos and interventions to ``demos``."""
+
+    def __init__(self, capacity: int, state_dim: int, action_dim: int, cameras: dict | None, seed: int) -> None:
+        self.online = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed)
+        self.demos = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed + 1)
+
+    def add(self, arrays: dict[str, np.ndarray], intervened: np.ndarray, demo: bool = False) -> None:
+        if demo:
+            self.demos.add_episode(arrays)
+            return
+        self.online.add_episode(arrays)
+        for start, end in intervened_segments(intervened):
+            self.demos.add_episode(slice_episode(arrays, start, end))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"online": self.online.state_dict(), "demos": self.demos.state_dict()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.online.load_state_dict(d["online"])
+        self.demos.load_state_dict(d["demos"])
+
+
+def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int) -> dict[str, float]:
+    """``n`` scripted demos through the training wrappers (frame, classifier) into the demo buffer."""
+    from vlarl.envs.intervention import ExpertDevice, InterventionWrapper, expert_of
+
+    seed = cfg.seed + 7
+    env, _ = make_env(_without_human(cfg), seed)
+    # the expert drives every step from just outside the base env, so frame and reward wrappers apply
+    env = _insert_innermost(env, lambda e: InterventionWrapper(e, ExpertDevice(expert_of(e), cfg.demo_noise, seed)))
+    shipped: list[dict[str, Any]] = []
+    stream = EpisodeStream(shipped.append, actor_id=-1)
+    action = np.zeros(env.action_space.shape, np.float32)  # ignored: the expert overrides it
+    for i in range(n):
+        obs, _ = env.reset(seed=cfg.seed + 100_000 + i)
+        stream.start(obs)
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(action)
+            stream.add(action, reward, obs, terminated, truncated, info)
+            done = terminated or truncated
+        buffers.add(shipped[-1]["arrays"], shipped[-1]["intervened"], demo=True)
+    env.close()
+    return {"demos": n, "demo_success_rate": float(np.mean([ep["true_success"] for ep in shipped])) if n else None}
+
+
+def _without_human(cfg: HILSERLConfig) -> HILSERLConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, human="none")
+
+
+def _insert_innermost(env, wrap):
+    """Wrap the base env inside an existing wrapper stack."""
+    import gymnasium as gym
+
+    if not isinstance(env, gym.Wrapper):
+        return wrap(env)
+    outer = env
+    while isinstance(outer.env, gym.Wrapper):
+        outer = outer.env
+    outer.env = wrap(outer.env)
+    return env
+
+
+@torch.no_grad()
+def evaluate_policy(cfg: HILSERLConfig, agent: SACAgent, episodes: int, seed: int) -> dict[str, Any]:
+    """The policy alone (no human, no classifier): the env's own success over ``episodes``."""
+    from vlarl.eval.stats import wilson_interval
+
+    env, _ = make_env(cfg, seed, training=False)
+    device = next(agent.parameters()).device
+    successes, lengths = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, success, t = False, False, 0
+        while not done:
+            action = agent.act(_obs_to_torch(obs, device, add_batch_dim=True), deterministic=True)[0].cpu().numpy()
+            obs, _, terminated, truncated, info = env.step(action)
+            success, t, done = success or info["is_success"], t + 1, terminated or truncated
+        successes.append(success)
+        lengths.append(t)
+    env.close()
+    k = int(sum(successes))
+    return {"success": k / episodes, "ci95": wilson_interval(k, episodes), "mean_length": float(np.mean(lengths)),
+            "episodes": episodes}
+
+
+def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
+    run, cfg = Run.start(cfg, resume)
+    cfg.check()
+    threads = cfg.learner_threads or max(1, (os.cpu_count() or 2) - (cfg.actors if cfg.runtime != "inprocess" else 0))
+    torch.set_num_threads(threads)
+    rng = seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    events: list[str] = []
+
+    def log(msg: str) -> None:
+        events.append(msg)
+        tqdm.write(f"[learner] {msg}")
+
+    # Fail before anything starts if the device, the classifier or the env cannot be built.
+    probe, _ = make_env(cfg, cfg.seed)
+    agent = _agent_for(cfg, probe).to(device)
+    space = probe.observation_space
+    cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
+    state_dim, action_dim = space["state"].shape[0], probe.action_space.shape[0]
+    probe.close()
+    learner = SACLearner(agent)
+    buffers = Buffers(cfg.buffer_size, state_dim, action_dim, cameras, cfg.seed)
+    counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng}) or {}
+    if "buffers" in counters:
+        buffers.load_state_dict(counters.pop("buffers"))
+    c = {"env_steps": 0, "updates": 0, "episodes": 0, "intervened_steps": 0, "demo_success_rate": None,
+         **counters}
+    if not counters and cfg.demos:
+        c.update(record_demos(cfg, buffers, cfg.demos))
+        log(f"recorded {cfg.demos} demos (success {c['demo_success_rate']:.2f})")
+    results: dict[str, Any] = {"evals": [], "episodes": []}
+    if (run.path / "results.json").exists() and counters:
+        import json
+
+        old = json.loads((run.path / "results.json").read_text())
+        results["evals"] = [e for e in old.get("evals", []) if e["step"] <= c["env_steps"]]
+        results["episodes"] = [e for e in old.get("episodes", []) if e["step"] <= c["env_steps"]]
+
+    server = actors = local = None
+    if cfg.runtime == "inprocess":
+        local = _InProcessActor(cfg, agent)
+    else:
+        if cfg.runtime == "ray" and cfg.transport.host == "127.0.0.1" and cfg.ray_address:
+            log("runtime=ray with a cluster: set transport.host=0.0.0.0 so remote actors can connect")
+        server = LearnerServer(cfg.transport, run.path, log=log)
+        actors = ActorLauncher(cfg.runtime, run.path, "vlarl.recipes.hil_serl:actor_parts", cfg.actors,
+                               cfg.respawn_actors, cfg.ray_address, log)
+        actors.ensure(_reachable(server))
+
+    version = c["updates"]
+
+    def publish() -> None:
+        payload = {"state_dict": _acting_state(agent), "env_steps": c["env_steps"]}
+        if local is not None:
+            local.parts.load({"state_dict": None, "env_steps": c["env_steps"]})
+        else:
+            server.publish(version, payload)
+
+    publish()
+    t_start = time.perf_counter()
+    last_data = time.monotonic()
+    next_eval = (c["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
+    next_save = (c["env_steps"] // cfg.save_every + 1) * cfg.save_every
+    bar = tqdm(total=cfg.steps, initial=c["env_steps"], desc="hil-serl", unit="step", disable=not progress)
+
+    def save() -> None:
+        saved = dict(c)
+        if cfg.save_buffer:
+            saved["buffers"] = buffers.state_dict()
+        run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
+        run.write_results(results)
+
+    try:
+        while c["env_steps"] < cfg.steps:
+            if local is not None:
+                local.step()
+                incoming = local.take()
+            else:
+                incoming = [ep for _, ep in server.inbox.drain()]
+                actors.watch()
+            for ep in incoming:
+                n = len(ep["arrays"]["action"])
+                buffers.add(ep["arrays"], ep["intervened"])
+                c["env_steps"] += n
+                c["episodes"] += 1
+                k = int(ep["intervened"].sum())
+                c["intervened_steps"] += k
+                row = {"step": c["env_steps"], "length": n, "success": ep["success"],
+                       "true_success": ep["true_success"], "intervention_rate": k / n, "actor": ep["actor"]}
+                results["episodes"].append(row)
+                run.log(c["env_steps"], episode_success=float(ep["success"]), episode_true_success=float(ep["true_success"]),
+                        intervention_rate=k / n, episode_length=n)
+                bar.update(n)
+                last_data = time.monotonic()
+            ready = len(buffers.online) >= cfg.sac.batch_size // 2 and len(buffers.demos) >= cfg.sac.batch_size // 2
+            if ready and c["updates"] < cfg.updates_per_step * c["env_steps"]:
+                ratio = cfg.sac.offline_ratio if len(buffers.demos) else 0.0
+                sample = sample_mixed(buffers.online, buffers.demos if len(buffers.demos) else None,
+                                      cfg.sac.batch_size, cfg.sac.utd, ratio)
+                info = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
+                c["updates"] += 1
+                if c["updates"] % cfg.weights_every == 0:
+                    version = c["updates"]
+                    publish()
+                if c["updates"] % cfg.log_every == 0:
+                    run.log(c["env_steps"], updates=c["updates"], **{k: float(v) for k, v in info.items()},
+                            **_actor_scalars(server))
+            elif local is None:
+                time.sleep(0.005)
+                if time.monotonic() - last_data > max(30.0, 6 * cfg.transport.timeout_s):
+                    log(f"no episode from any actor for {time.monotonic() - last_data:.0f} s "
+                        f"(connected: {server.connected}); check the actor logs in {run.path / 'actors'}")
+                    last_data = time.monotonic()
+            if c["env_steps"] >= next_eval and c["env_steps"] < cfg.steps:
+                results["evals"].append({"step": c["env_steps"], "updates": c["updates"],
+                                         **evaluate_policy(cfg, agent, cfg.eval_episodes, 10_000 + cfg.seed)})
+                run.log(c["env_steps"], eval_success=results["evals"][-1]["success"])
+                bar.set_postfix(success=f"{results['evals'][-1]['success']:.2f}")
+                next_eval += cfg.eval_every
+            if c["env_steps"] >= next_save:
+                save()
+                next_save += cfg.save_every
+    except KeyboardInterrupt:
+        log("interrupted: saving a checkpoint and stopping the actors")
+        save()
+        _shutdown(server, actors)
+        bar.close()
+        run.close()
+        raise
+    wall = time.perf_counter() - t_start
+    actor_hz = _actor_scalars(server).get("actor_hz")
+    _shutdown(server, actors)
+    bar.close()
+    save()
+    final = evaluate_policy(cfg, agent, cfg.final_eval_episodes, 20_000 + cfg.seed)
+    results["evals"].append({"step": c["env_steps"], "updates": c["updates"], **final})
+    results.update(
+        final_success=final["success"], final_ci95=final["ci95"], final_mean_length=final["mean_length"],
+        env_steps=c["env_steps"], updates=c["updates"], num_episodes=c["episodes"],
+        intervention_rate=c["intervened_steps"] / max(c["env_steps"], 1), wall_clock_min=wall / 60,
+        actor_hz=actor_hz if actor_hz is not None else (local.hz if local is not None else None),
+        dropped_episodes=(server.inbox.dropped if server else 0), demo_success_rate=c["demo_success_rate"],
+        runtime=cfg.runtime, resumed_from=run.resumed_step, events=events[-50:],
+    )
+    run.write_results(results)
+    _plot(results, run.path / "hil_serl.png")
+    run.close()
+    return results
+
+
+def _actor_scalars(server: LearnerServer | None) -> dict[str, float]:
+    if server is None or not server.actor_stats:
+        return {}
+    fresh = [s for s in server.actor_stats.values() if time.time() - s["received"] < 10]
+    if not fresh:
+        return {}
+    return {"actor_hz": float(np.mean([s["hz"] for s in fresh])),
+            "actor_dropped": float(sum(s["dropped"] for s in fresh)),
+            "actors_connected": float(len(server.connected))}
+
+
+def _reachable(server: LearnerServer) -> tuple[str, int]:
+    """The learner's address as actors on other nodes must dial it."""
+    if server.host in ("0.0.0.0", ""):
+        import socket
+
+        return socket.gethostbyname(socket.gethostname()), server.port
+    return server.host, server.port
+
+
+def _shutdown(server: LearnerServer | None, actors: ActorLauncher | None) -> None:
+    if server is None:
+        return
+    server.stop_actors()
+    actors.stop()
+    server.close()
+
+
+class _InProcessActor:
+    """Actor and learner in one process, interleaved one env step per loop (debugging, tests)."""
+
+    def __init__(self, cfg: HILSERLConfig, agent: SACAgent) -> None:
+        self.parts = build_actor(cfg, 0, agent)
+        self._out: list[dict[str, Any]] = []
+        self.stream = EpisodeStream(self._out.append, 0)
+        self.obs, _ = self.parts.env.reset(seed=self.parts.seed)
+        self.stream.start(self.obs)
+        self.episodes, self._t0, self.steps = 0, time.perf_counter(), 0
+
+    def step(self) -> None:
+        action = self.parts.act(self.obs)
+        obs, reward, terminated, truncated, info = self.parts.env.step(action)
+        self.stream.add(action, reward, obs, terminated, truncated, info)
+        self.obs, self.steps = obs, self.steps + 1
+        if terminated or truncated:
+            self.episodes += 1
+            self.obs, _ = self.parts.env.reset(seed=self.parts.seed + self.episodes)
+            self.stream.start(self.obs)
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self._out[:] = list(self._out), []
+        return out
+
+    @property
+    def hz(self) -> float:
+        return self.steps / max(time.perf_counter() - self._t0, 1e-9)
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    from vlarl.eval.plots import hil_serl_curves
+
+    hil_serl_curves(results, path)

@@ -1,0 +1,212 @@
+"""HIL-SERL pieces: queues, buffers routing, simulated human, wrappers, devices, classifier,
+and an in-process learning run. Process kills are in test_runtime_faults.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlarl.envs import make
+from vlarl.envs.intervention import InterventionWrapper, SimulatedHuman, SimulatedHumanConfig, expert_of
+from vlarl.errors import VlarlError
+from vlarl.recipes.collect import EnvConfig
+from vlarl.runtime.transport import BoundedQueue
+
+
+def test_bounded_queue_never_blocks_drops_oldest_and_counts():
+    q = BoundedQueue(3)
+    for i in range(5):
+        q.put(i)
+    assert q.dropped == 2 and q.drain() == [2, 3, 4] and q.get() is None
+    q.put("a")
+    q.put("b")
+    q.putleft("x")  # a failed send goes back to the front
+    assert q.drain() == ["x", "a", "b"]
+
+
+def test_intervened_segments_and_episode_slices():
+    from vlarl.recipes.hil_serl import intervened_segments, slice_episode
+
+    mask = np.array([0, 1, 1, 0, 0, 1, 1, 1], bool)
+    assert intervened_segments(mask) == [(1, 3), (5, 8)]
+    assert intervened_segments(np.zeros(4, bool)) == []
+    arrays = {"observation.state": np.arange(9)[:, None].astype(np.float32), "action": np.arange(8)[:, None] * 10.0,
+              "reward": np.arange(8.0), "terminated": np.zeros(8, bool), "truncated": np.zeros(8, bool),
+              "is_success": np.zeros(8, bool)}
+    seg = slice_episode(arrays, 5, 8)
+    assert seg["observation.state"][:, 0].tolist() == [5, 6, 7, 8]  # T + 1 observations
+    assert seg["action"][:, 0].tolist() == [50, 60, 70] and seg["reward"].tolist() == [5, 6, 7]
+
+
+def test_interventions_go_to_both_buffers_policy_steps_to_the_rl_buffer_only():
+    from vlarl.recipes.hil_serl import Buffers
+
+    t = 6
+    arrays = {"observation.state": np.arange(t + 1)[:, None].repeat(2, 1).astype(np.float32),
+              "action": np.arange(t)[:, None].astype(np.float32), "reward": np.zeros(t, np.float32),
+              "terminated": np.array([0, 0, 0, 0, 0, 1], bool), "truncated": np.zeros(t, bool),
+              "is_success": np.zeros(t, bool)}
+    buffers = Buffers(64, 2, 1, None, seed=0)
+    buffers.add(arrays, np.array([0, 0, 1, 1, 0, 0], bool))
+    assert len(buffers.online) == 6 and len(buffers.demos) == 2
+    demo = buffers.demos.gather(np.flatnonzero(buffers.demos.valid))
+    assert sorted(demo["action"][:, 0].tolist()) == [2.0, 3.0]
+    assert sorted(demo["next_state"][:, 0].tolist()) == [3.0, 4.0]  # the next obs of each intervened step
+    buffers.add(arrays, np.zeros(t, bool), demo=True)  # a recorded demo: demo buffer only
+    assert len(buffers.online) == 6 and len(buffers.demos) == 8
+
+
+def test_simulated_human_takes_over_when_off_track_and_its_budget_decays(close_after):
+    env = make("toy/reach")
+    close_after(env)
+    cfg = SimulatedHumanConfig(threshold=0.5, patience=3, takeover_steps=4, budget=6, min_budget=0,
+                               decay_steps=100, noise=0.0)
+    human = SimulatedHuman(expert_of(env), cfg, seed=0)
+    wrapped = InterventionWrapper(env, human)
+    wrapped.reset(seed=0)
+    flags = []
+    for _ in range(12):
+        bad = -env.expert_action()  # the policy heads the wrong way
+        _, _, term, trunc, info = wrapped.step(bad)
+        flags.append(info["intervened"])
+        if info["intervened"]:
+            # what was executed (and will be stored) is the expert's action, not the policy's
+            assert not np.allclose(info["intervention_action"], bad)
+    # patience 3, then 4 expert steps, then 3 off-track steps again, then the budget (6) runs out
+    assert flags == [False, False, True, True, True, True, False, False, True, True, False, False], flags
+    human.set_progress(100)  # trained: no budget left
+    wrapped.reset(seed=1)
+    assert not any(wrapped.step(-env.expert_action())[4]["intervened"] for _ in range(10))
+    human.set_progress(50)
+    assert human.budget == 3
+
+
+def test_simulated_human_leaves_a_good_policy_alone(close_after):
+    env = make("toy/reach", episode_length=30)
+    close_after(env)
+    wrapped = InterventionWrapper(env, SimulatedHuman(expert_of(env), SimulatedHumanConfig(noise=0.0)))
+    wrapped.reset(seed=3)
+    done, flags = False, []
+    while not done:
+        _, _, term, trunc, info = wrapped.step(env.expert_action())
+        flags.append(info["intervened"])
+        done = term or trunc
+    assert not any(flags) and info["is_success"]
+
+
+def test_relative_frame_on_panda(close_after):
+    from vlarl.envs.wrappers import RelativeFrame
+
+    env = RelativeFrame(make("panda/pick-cube", obs_mode="state"))
+    close_after(env)
+    obs, _ = env.reset(seed=0)
+    base = env.unwrapped
+    p0, r0 = base.ee_pose()
+    np.testing.assert_allclose(obs["state"][15:18], 0.0, atol=1e-6)  # the tcp starts at the origin
+    np.testing.assert_allclose(obs["state"][18:21], r0.T @ (base._block() - p0), atol=1e-5)
+    # +z in the end-effector frame: the gripper points down, so the hand moves down in the world
+    for _ in range(5):
+        obs, *_ = env.step(np.array([0.0, 0.0, 1.0, -1.0], np.float32))
+    assert base._tcp()[2] < p0[2] - 0.02 and obs["state"][17] > 0.02
+    a = np.array([0.3, -0.2, 0.5, 1.0], np.float32)
+    np.testing.assert_allclose(env.from_world(env.to_world(a)), a, atol=1e-6)
+    with pytest.raises(VlarlError, match="ee_pose"):
+        RelativeFrame(make("toy/reach"))
+
+
+def test_classifier_reward_replaces_success_and_keeps_the_truth(close_after):
+    from vlarl.envs.wrappers import ClassifierReward
+
+    calls = []
+
+    def prob(images):
+        calls.append(images["top"].shape)
+        return 0.9 if len(calls) >= 3 else 0.1
+
+    env = ClassifierReward(make("toy/reach", obs_mode="state", terminate_on_success=False), prob)
+    close_after(env)
+    env.reset(seed=0)
+    rewards, dones = [], []
+    for _ in range(3):
+        _, r, term, trunc, info = env.step(np.zeros(2, np.float32))
+        rewards.append(r)
+        dones.append(term)
+    assert rewards == [0.0, 0.0, 1.0] and dones == [False, False, True]
+    assert info["is_success"] and not info["true_success"]  # the agent never moved: the truth is kept
+    assert calls[0] == (32, 32, 3)  # state obs: the wrapper rendered the camera itself
+
+
+def test_requested_device_that_is_unavailable_fails_before_the_run(monkeypatch, tmp_path):
+    from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+    from vlarl.runtime.intervention import GamepadDevice, KeyboardDevice
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(VlarlError, match="keyboard is unavailable: no display"):
+        KeyboardDevice()
+    with pytest.raises(VlarlError, match="gamepad is unavailable"):
+        GamepadDevice()
+    cfg = HILSERLConfig(env=EnvConfig(name="toy/reach", obs_mode="state"), human="keyboard",
+                        relative_frame=False, run_dir=str(tmp_path / "run"))
+    with pytest.raises(VlarlError, match="keyboard is unavailable"):
+        train_hil_serl(cfg, progress=False)
+    assert not (tmp_path / "run" / "actors").exists()  # no actor was started
+    with pytest.raises(VlarlError, match="runtime must be one of"):
+        train_hil_serl(HILSERLConfig(runtime="threads", run_dir=str(tmp_path / "r2")), progress=False)
+
+
+def test_reward_classifier_trains_and_reports_held_out_precision_recall(tmp_path):
+    from vlarl.recipes.collect import CollectConfig, collect
+    from vlarl.recipes.reward_classifier import (RewardClassifierConfig, load_reward_classifier,
+                                                 train_reward_classifier)
+
+    env = EnvConfig(name="toy/reach", obs_mode="pixels", image_size=64, options={"terminate_on_success": False})
+    collect(CollectConfig(env=env, episodes=20, noise=0.6, out=str(tmp_path / "data")), progress=False)
+    cfg = RewardClassifierConfig(data=[str(tmp_path / "data")], steps=500, holdout=0.25,
+                                 run_dir=str(tmp_path / "clf"))
+    results = train_reward_classifier(cfg, progress=False)
+    assert results["test_episodes"] == 5 and results["train_positives"] > 20
+    test = results["test"]
+    base_rate = test["positives"] / test["frames"]  # the precision of always saying "success"
+    # toy successes flicker at the goal's edge, so a few frames are ambiguous
+    assert test["precision"] > max(0.75, base_rate + 0.15) and test["recall"] > 0.75, test
+    model = load_reward_classifier(tmp_path / "clf")
+    from vlarl.data import EpisodeDataset
+
+    ep = EpisodeDataset(tmp_path / "data").load(0)
+    probs = [model.success_prob({"top": img}) for img in ep["observation.images.top"]]
+    labels = np.concatenate([[False], ep["is_success"]])
+    assert np.mean((np.array(probs) >= 0.5) == labels) > 0.75
+    with pytest.raises(VlarlError, match="no images"):
+        collect(CollectConfig(env=EnvConfig(name="toy/reach", obs_mode="state"), episodes=1,
+                              out=str(tmp_path / "s")), progress=False)
+        train_reward_classifier(RewardClassifierConfig(data=[str(tmp_path / "s")], run_dir=str(tmp_path / "c2")),
+                                progress=False)
+
+
+def _toy_cfg(tmp_path, **kw):
+    from vlarl.algos.sac import SACConfig
+    from vlarl.recipes.hil_serl import HILSERLConfig
+
+    base = dict(env=EnvConfig(name="toy/reach", obs_mode="state"), relative_frame=False, demos=2,
+                sac=SACConfig(ensemble=2, utd=2, batch_size=64, hidden=64, lr=1e-3, gamma=0.97),
+                sim_human=SimulatedHumanConfig(budget=10, decay_steps=800), eval_every=0,
+                final_eval_episodes=20, save_every=500, run_dir=str(tmp_path / "run"))
+    base.update(kw)
+    return HILSERLConfig(**base)
+
+
+def test_hil_serl_in_process_learns_the_toy_task(tmp_path):
+    from vlarl.algos.sac import SACAgent
+    from vlarl.recipes.hil_serl import evaluate_policy, train_hil_serl
+
+    cfg = _toy_cfg(tmp_path, runtime="inprocess", steps=1500)
+    torch.manual_seed(0)
+    before = evaluate_policy(cfg, SACAgent(cfg.sac, 4, 2), 20, 20_000)
+    results = train_hil_serl(cfg, progress=False)
+    assert results["env_steps"] >= 1500 and results["updates"] > 1000
+    rates = [e["intervention_rate"] for e in results["episodes"]]
+    assert np.mean(rates[:10]) > np.mean(rates[-10:])  # the human steps back as training goes on
+    # untrained 0.00; 0.35 after 1500 steps on this seed (the deterministic in-process runtime)
+    assert before["success"] < 0.1 and results["final_success"] >= before["success"] + 0.25, \
+        (before, results["final_success"])
+    assert (tmp_path / "run" / "hil_serl.png").exists()
