@@ -50,8 +50,8 @@ REWARDS = ("env", "classifier")
 
 
 def _default_env() -> EnvConfig:
-    return EnvConfig(name="panda/pick-cube", obs_mode="pixels", image_size=128, cameras=["front", "wrist"],
-                     episode_length=100)
+    # cameras: the env's own (panda: front and wrist), so ``--env`` alone switches envs
+    return EnvConfig(name="panda/pick-cube", obs_mode="pixels", image_size=128, episode_length=100)
 
 
 def _default_sac() -> SACConfig:
