@@ -210,3 +210,21 @@ def test_hil_serl_in_process_learns_the_toy_task(tmp_path):
     assert before["success"] < 0.1 and results["final_success"] >= before["success"] + 0.25, \
         (before, results["final_success"])
     assert (tmp_path / "run" / "hil_serl.png").exists()
+
+
+def test_frozen_encoders_that_opt_in_encode_a_frame_once():
+    from vlarl.models.encoders import SHARED_TOKENS, EfficientNetLite0Encoder
+
+    policy, classifier, private = EfficientNetLite0Encoder(), EfficientNetLite0Encoder(), EfficientNetLite0Encoder()
+    policy.shared_tokens = classifier.shared_tokens = True
+    frame = torch.randint(0, 255, (1, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        misses = SHARED_TOKENS.misses
+        a = classifier(frame)
+        b = policy(frame.clone())  # same bytes, another tensor
+        assert SHARED_TOKENS.misses == misses + 1
+        torch.testing.assert_close(a, private(frame))
+        other = frame.clone()
+        other[0, 0, 0, 0] += 1
+        policy(other)  # one changed pixel: encoded anew
+        assert SHARED_TOKENS.misses == misses + 2 and b is a

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import io
 
 import torch
@@ -26,8 +28,39 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
     return (images.permute(0, 3, 1, 2).float() - 127.0) / 128.0
 
 
+class SharedTokens:
+    """Tokens of single frames, shared by the frozen EfficientNet-Lite0 encoders that opt in.
+
+    On a HIL actor the reward classifier and the policy encode the same camera frame with the
+    same frozen ImageNet weights; with ``shared_tokens = True`` on both, the frame is encoded
+    once. Keyed by the frame's bytes, so a reused buffer never returns stale tokens.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, images: torch.Tensor, compute) -> torch.Tensor:
+        key = (tuple(images.shape), hashlib.blake2b(images.numpy().tobytes(), digest_size=16).digest())
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        tokens = compute(images)
+        self._items[key] = tokens
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return tokens
+
+
+SHARED_TOKENS = SharedTokens()
+
+
 class EfficientNetLite0Encoder(nn.Module):
     pretrained = True
+    shared_tokens = False  # see SharedTokens; only for frozen encoders with unchanged weights
 
     def __init__(self, frozen: bool = True) -> None:
         super().__init__()
@@ -51,6 +84,12 @@ class EfficientNetLite0Encoder(nn.Module):
         return super().train(mode and not self.frozen)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if (self.shared_tokens and self.frozen and images.shape[0] == 1 and images.device.type == "cpu"
+                and not torch.is_grad_enabled()):
+            return SHARED_TOKENS.get(images, self._encode)
+        return self._encode(images)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             x = self.stem(_to_float(images))
             for block in self.blocks:

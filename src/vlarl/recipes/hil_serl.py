@@ -136,7 +136,9 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
     if use_classifier:
         from vlarl.recipes.reward_classifier import load_reward_classifier
 
-        env = ClassifierReward(env, load_reward_classifier(cfg.classifier).success_prob, cfg.classifier_threshold)
+        classifier = load_reward_classifier(cfg.classifier)
+        classifier.encoder.shared_tokens = True  # the policy's frozen encoder reuses these tokens
+        env = ClassifierReward(env, classifier.success_prob, cfg.classifier_threshold)
     if cfg.relative_frame:
         env = RelativeFrame(env)
     return env, device
@@ -159,6 +161,8 @@ def build_actor(cfg: HILSERLConfig, actor_id: int, agent: SACAgent | None = None
     seed = cfg.seed + 1000 * (actor_id + 1)
     env, device = make_env(cfg, seed)
     agent = agent if agent is not None else _agent_for(cfg, env)
+    if agent.critic.pixels is not None and agent.critic.pixels.encoder.frozen:
+        agent.critic.pixels.encoder.shared_tokens = True  # one encoding per frame for policy and classifier
     torch_device = next(agent.parameters()).device
 
     def act(obs: dict[str, Any]) -> np.ndarray:
