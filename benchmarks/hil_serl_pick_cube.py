@@ -131,7 +131,7 @@ def _curve(episodes: list[dict], window: int = 20) -> list[dict]:
 def _write(out: dict, name: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
-    lines = [f"# HIL-SERL on panda/pick-cube\n", f"`{out['command']}` — {out['machine']}\n",
+    lines = ["# HIL-SERL on panda/pick-cube\n", f"`{out['command']}` — {out['machine']}\n",
              f"- reward classifier (held-out episodes): precision {out['reward_classifier_precision']:.3f}, "
              f"recall {out['reward_classifier_recall']:.3f}"]
     if "final_success" in out:

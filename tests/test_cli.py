@@ -49,10 +49,30 @@ def test_dataset_info_on_a_damaged_dataset(tmp_path, capsys):
 
 
 def test_console_script_demo_small(tmp_path):
-    """The demo end to end, shrunk: collect -> SFT -> eval with a table, a plot and a video."""
+    """The default demo end to end, shrunk: HIL-SERL with an actor process, then the policy
+    alone before and after, a plot and a video."""
     run_dir = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "collect.episodes=2", "collect.workers=1",
+        [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "hil_serl.steps=300", "hil_serl.demos=2",
+         "hil_serl.eval_every=150", "hil_serl.eval_episodes=2", "hil_serl.final_eval_episodes=2",
+         "hil_serl.sac.hidden=32", "hil_serl.sac.batch_size=32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "HIL-SERL on panda/pick-cube" in proc.stdout and "before training" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] >= 300 and summary["updates"] > 0 and summary["final_episodes"] == 2
+    assert [e["step"] >= 150 for e in summary["evals"]] and summary["actor_hz"] > 0
+    assert Path(summary["plot"]).stat().st_size > 0
+    assert summary["videos"] and all(Path(v).stat().st_size > 0 for v in summary["videos"])
+
+
+def test_console_script_sft_demo_small(tmp_path):
+    """The SFT demo end to end, shrunk: collect -> SFT -> eval with a table, a plot and a video."""
+    run_dir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlarl", "demo", "--config", str(Path(__file__).parents[1] / "configs" / "demo-sft.yaml"),
+         f"run_dir={run_dir}", "collect.episodes=2", "collect.workers=1",
          "collect.env.image_size=48", "sft.steps=20", "sft.eval_episodes=2", "sft.eval_envs=1",
          "sft.video_episodes=1", "sft.log_every=10"],
         capture_output=True, text=True, timeout=300,
@@ -74,7 +94,7 @@ def test_demo_resume_continues_the_saved_run(tmp_path, capsys):
     small = ["collect.env.name=toy/reach", "collect.env.image_size=16", "collect.env.cameras=[top]",
              "collect.env.episode_length=20", "collect.workers=1", "sft.policy.encoder=conv", "sft.policy.dim=32",
              "sft.policy.layers=1", "sft.eval_episodes=2", "sft.eval_envs=1", "sft.save_every=5", "sft.log_every=5"]
-    assert main(["demo", f"run_dir={run_dir}", "collect.episodes=2", "sft.steps=5", *small]) == 0
+    assert main(["demo", f"run_dir={run_dir}", "recipe=sft", "collect.episodes=2", "sft.steps=5", *small]) == 0
     # The saved config is used; overrides may raise the targets.
     assert main(["demo", "--resume", str(run_dir), "collect.episodes=3", "sft.steps=10"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())

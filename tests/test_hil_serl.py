@@ -58,7 +58,7 @@ def test_interventions_go_to_both_buffers_policy_steps_to_the_rl_buffer_only():
 def test_simulated_human_takes_over_when_off_track_and_its_budget_decays(close_after):
     env = make("toy/reach")
     close_after(env)
-    cfg = SimulatedHumanConfig(threshold=0.5, patience=3, takeover_steps=4, budget=6, min_budget=0,
+    cfg = SimulatedHumanConfig(min_cosine=0.0, patience=3, takeover_steps=4, budget=6, min_budget=0,
                                decay_steps=100, noise=0.0)
     human = SimulatedHuman(expert_of(env), cfg, seed=0)
     wrapped = InterventionWrapper(env, human)
@@ -228,3 +228,12 @@ def test_frozen_encoders_that_opt_in_encode_a_frame_once():
         other[0, 0, 0, 0] += 1
         policy(other)  # one changed pixel: encoded anew
         assert SHARED_TOKENS.misses == misses + 2 and b is a
+
+
+def test_online_only_run_without_demos_or_human_trains(tmp_path):
+    from vlarl.recipes.hil_serl import train_hil_serl
+
+    cfg = _toy_cfg(tmp_path, runtime="inprocess", demos=0, human="none", steps=200, final_eval_episodes=2)
+    cfg.sac.batch_size, cfg.sac.hidden = 32, 16
+    results = train_hil_serl(cfg, progress=False)
+    assert results["updates"] > 100 and results["intervention_rate"] == 0.0 and results["demo_success_rate"] is None

@@ -12,7 +12,6 @@ from vlarl.errors import VlarlError
 
 from vlarl.algos.sac import (SACAgent, SACConfig, SACLearner, critic_loss, gripper_index, gripper_target, soft_update,
                              td_target, temperature_loss)
-from vlarl.errors import VlarlError
 
 
 def tiny_agent(**kw):

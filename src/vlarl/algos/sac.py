@@ -55,6 +55,7 @@ class SACConfig:
     lr: float = 3e-4
     hidden: int = 256
     layers: int = 2
+    actor_layer_norm: bool = False  # LayerNorm in the actor's hidden layers (SERL / HIL-SERL's policy has it)
     init_temperature: float = 1.0
     target_entropy: float | None = None  # None: -|A| / 2
     backup_entropy: bool = True
@@ -126,7 +127,7 @@ class Critic(nn.Module):
 class Actor(nn.Module):
     def __init__(self, feature_dim: int, action_dim: int, cfg: SACConfig) -> None:
         super().__init__()
-        self.trunk = mlp(feature_dim, cfg.hidden, cfg.hidden, cfg.layers - 1)
+        self.trunk = mlp(feature_dim, cfg.hidden, cfg.hidden, cfg.layers - 1, layer_norm=cfg.actor_layer_norm)
         self.head = TanhGaussianHead(cfg.hidden, action_dim, layers=0)  # RLPD's actor: ``layers`` x hidden
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,10 @@ executed, in the wrapped env's action frame) so the actor stores the human's act
 the policy's. Real devices (keyboard, gamepad) live in ``vlarl.runtime.intervention``.
 
 The simulated human makes HIL runs reproducible: it watches the policy, and when the
-policy's action disagrees with the scripted expert for ``patience`` steps in a row it takes
-over with the expert for ``takeover_steps`` steps. Its per-episode budget shrinks linearly
+policy heads the wrong way (its action's cosine with the scripted expert's below
+``min_cosine``) for ``patience`` steps in a row it takes over with the expert for
+``takeover_steps`` steps. Direction, not distance: a person corrects a robot going the
+wrong way, not one whose exploration noise differs from what they would have done. Its per-episode budget shrinks linearly
 with training progress, as a person intervenes less once the policy is good.
 """
 
@@ -31,9 +33,9 @@ class InterventionDevice(Protocol):
 
 @dataclass
 class SimulatedHumanConfig:
-    threshold: float = 0.7  # off track: ||policy action - expert action|| above this ...
+    min_cosine: float = 0.0  # off track: cos(policy action, expert action) below this ...
     patience: int = 3  # ... for this many steps in a row
-    takeover_steps: int = 15  # then the expert drives for this many steps
+    takeover_steps: int = 8  # then the expert drives for this many steps
     budget: int = 60  # intervened steps allowed per episode at the start of training
     min_budget: int = 0  # ... falling linearly to this
     decay_steps: int = 15_000  # ... over this many env steps of training
@@ -71,7 +73,7 @@ class SimulatedHuman:
             return None
         expert = self.expert()
         if self._driving == 0:
-            far = np.linalg.norm(np.asarray(policy_action) - expert) > self.cfg.threshold
+            far = _cosine(np.asarray(policy_action, np.float64), expert) < self.cfg.min_cosine
             self._off_track = self._off_track + 1 if far else 0
             if self._off_track < self.cfg.patience:
                 return None
@@ -81,6 +83,11 @@ class SimulatedHuman:
         if self.cfg.noise > 0:
             expert = expert + self.rng.normal(0.0, self.cfg.noise, expert.shape)
         return np.clip(expert, -1.0, 1.0).astype(np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return 1.0 if na < 1e-6 or nb < 1e-6 else float(a @ b / (na * nb))  # standing still is not "wrong way"
 
 
 class ExpertDevice:

@@ -55,10 +55,12 @@ def _default_env() -> EnvConfig:
 
 
 def _default_sac() -> SACConfig:
-    # HIL-SERL: critic-to-actor ratio 2, gamma 0.97, batch 256, pretrained frozen encoder,
-    # grasp critic; RLPD's LayerNorm ensemble (2 critics, as HIL-SERL) underneath.
-    return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, encoder="efficientnet-lite0",
-                     gripper_critic=True, gripper_epsilon=0.1)
+    # HIL-SERL's settings: critic-to-actor ratio 2, gamma 0.97, batch 256, two LayerNorm
+    # critics (min over both), initial temperature 0.01 and no entropy term in the target (with
+    # a 0/1 reward, temperature 1 would make entropy worth far more than success for thousands
+    # of updates), LayerNorm in the policy too, pretrained frozen encoder, grasp critic.
+    return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, init_temperature=0.01,
+                     backup_entropy=False, actor_layer_norm=True, encoder="efficientnet-lite0", gripper_critic=True, gripper_epsilon=0.1)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class HILSERLConfig:
     eval_every: int = 5_000  # env steps
     eval_episodes: int = 20
     final_eval_episodes: int = 50
+    video: bool = True  # film two episodes of the final evaluation
     save_every: int = 2_500  # env steps
     log_every: int = 100  # learner updates
     learner_threads: int = 0  # 0: the cores left after one per actor (at least 1)
@@ -270,17 +273,23 @@ def _insert_innermost(env, wrap):
 
 
 @torch.no_grad()
-def evaluate_policy(cfg: HILSERLConfig, agent: SACAgent, episodes: int, seed: int) -> dict[str, Any]:
-    """The policy alone (no human, no classifier): the env's own success over ``episodes``."""
+def evaluate_policy(cfg: HILSERLConfig, agent: SACAgent, episodes: int, seed: int,
+                    video: Path | None = None, video_episodes: int = 2) -> dict[str, Any]:
+    """The policy alone (no human, no classifier): the env's own success over ``episodes``;
+    the first ``video_episodes`` are filmed to ``video`` when given."""
     from vlarl.eval.stats import wilson_interval
+    from vlarl.eval.video import write_video
 
     env, _ = make_env(cfg, seed, training=False)
     device = next(agent.parameters()).device
-    successes, lengths = [], []
+    successes, lengths, frames = [], [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
+        filming = video is not None and i < video_episodes
         done, success, t = False, False, 0
         while not done:
+            if filming:
+                frames.append(env.render())
             action = agent.act(_obs_to_torch(obs, device, add_batch_dim=True), deterministic=True)[0].cpu().numpy()
             obs, _, terminated, truncated, info = env.step(action)
             success, t, done = success or info["is_success"], t + 1, terminated or truncated
@@ -288,8 +297,11 @@ def evaluate_policy(cfg: HILSERLConfig, agent: SACAgent, episodes: int, seed: in
         lengths.append(t)
     env.close()
     k = int(sum(successes))
-    return {"success": k / episodes, "ci95": wilson_interval(k, episodes), "mean_length": float(np.mean(lengths)),
-            "episodes": episodes}
+    out = {"success": k / episodes, "ci95": wilson_interval(k, episodes), "mean_length": float(np.mean(lengths)),
+           "episodes": episodes}
+    if frames:
+        out["video"] = str(write_video(frames, video))
+    return out
 
 
 def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
@@ -387,11 +399,14 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
                         intervention_rate=k / n, episode_length=n)
                 bar.update(n)
                 last_data = time.monotonic()
-            ready = len(buffers.online) >= cfg.sac.batch_size // 2 and len(buffers.demos) >= cfg.sac.batch_size // 2
+            # 50/50 once the demo buffer holds half a batch; online only when there are no demos
+            # and no interventions yet (an online-only run never fills it)
+            half = cfg.sac.batch_size // 2
+            demos = buffers.demos if len(buffers.demos) >= half else None
+            ready = len(buffers.online) >= (half if demos is not None else cfg.sac.batch_size)
             if ready and c["updates"] < cfg.updates_per_step * c["env_steps"]:
-                ratio = cfg.sac.offline_ratio if len(buffers.demos) else 0.0
-                sample = sample_mixed(buffers.online, buffers.demos if len(buffers.demos) else None,
-                                      cfg.sac.batch_size, cfg.sac.utd, ratio)
+                sample = sample_mixed(buffers.online, demos, cfg.sac.batch_size, cfg.sac.utd,
+                                      cfg.sac.offline_ratio if demos is not None else 0.0)
                 info = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
                 c["updates"] += 1
                 if c["updates"] % cfg.weights_every == 0:
@@ -427,10 +442,12 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     _shutdown(server, actors)
     bar.close()
     save()
-    final = evaluate_policy(cfg, agent, cfg.final_eval_episodes, 20_000 + cfg.seed)
+    final = evaluate_policy(cfg, agent, cfg.final_eval_episodes, 20_000 + cfg.seed,
+                            video=run.path / "final_policy.mp4" if cfg.video else None)
     results["evals"].append({"step": c["env_steps"], "updates": c["updates"], **final})
     results.update(
         final_success=final["success"], final_ci95=final["ci95"], final_mean_length=final["mean_length"],
+        video=final.get("video"), plot=str(run.path / "hil_serl.png"),
         env_steps=c["env_steps"], updates=c["updates"], num_episodes=c["episodes"],
         intervention_rate=c["intervened_steps"] / max(c["env_steps"], 1), wall_clock_min=wall / 60,
         actor_hz=actor_hz if actor_hz is not None else (local.hz if local is not None else None),

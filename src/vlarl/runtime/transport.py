@@ -203,8 +203,7 @@ class LearnerServer:
             old.close()  # a restarted actor replaces its stale connection
         self._conns[actor] = conn
         self.log(f"actor {actor} joined (pid {hello.get('pid')})")
-        send_lock = threading.Lock()
-        writer = threading.Thread(target=self._write_loop, args=(actor, conn, send_lock), daemon=True)
+        writer = threading.Thread(target=self._write_loop, args=(actor, conn), daemon=True)
         writer.start()
         last_heard = time.monotonic()
         reason = "closed"
@@ -229,25 +228,25 @@ class LearnerServer:
                 conn.close()
             except OSError:
                 pass
-        if not self._closing.is_set():
+        if not (self._closing.is_set() or self._stopping):
             self.log(f"actor {actor} disconnected: {reason}")
 
-    def _write_loop(self, actor: int, conn: Connection, lock: threading.Lock) -> None:
+    def _write_loop(self, actor: int, conn: Connection) -> None:
+        """The only sender on ``conn``: newest weights, heartbeats, and at the end "stop"."""
         sent_version = -1
         while not self._closing.is_set() and self._conns.get(actor) is conn:
             with self._weights_cv:
                 self._weights_cv.wait(self.cfg.heartbeat_s)
                 weights = self._weights
             try:
-                with lock:
-                    if self._stopping:
-                        send(conn, ("stop", None))
-                        return
-                    if weights is not None and weights[0] != sent_version:
-                        send(conn, ("weights", weights))
-                        sent_version = weights[0]
-                    else:
-                        send(conn, ("heartbeat", None))
+                if self._stopping:
+                    send(conn, ("stop", None))
+                    return
+                if weights is not None and weights[0] != sent_version:
+                    send(conn, ("weights", weights))
+                    sent_version = weights[0]
+                else:
+                    send(conn, ("heartbeat", None))
             except (OSError, ValueError):
                 return
 
