@@ -3,9 +3,12 @@
     python benchmarks/hil_serl_pick_cube.py [--steps 30000] [--obs-mode state|pixels]
         [--pixel-steps 1500] [--classifier-episodes 40]
 
-1. Labelled frames: ``--classifier-episodes`` noisy scripted episodes with front + wrist
-   cameras at 128 px, run past success (so lifted frames are plentiful); whole episodes are
-   held out for precision / recall.
+1. Labelled frames, front + wrist cameras at 128 px, episodes run past success (so lifted
+   frames are plentiful): ``--classifier-episodes`` scripted episodes with noise 0.4 (mostly
+   successes), half as many with noise 1.0 and as many random-action episodes (failures in
+   poses an RL policy visits: a classifier trained on expert frames alone says "success" to
+   states it never saw, and the policy learns to find them). Whole episodes are held out
+   for precision / recall.
 2. The classifier: frozen EfficientNet-Lite0 + small head (``vlarl reward-classifier train``).
 3. The main run (``vlarl train hil-serl``): 20 scripted demos recorded through the same
    wrappers, simulated human whose budget decays over the first half of the run, reward and
@@ -39,13 +42,19 @@ def classifier_stage(work: Path, episodes: int) -> dict:
     from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
     from vlarl.recipes.reward_classifier import RewardClassifierConfig, train_reward_classifier
 
-    data, run = work / "classifier-data", work / "classifier"
+    run = work / "classifier"
     if (run / "results.json").exists():
         return json.loads((run / "results.json").read_text())
     env = EnvConfig(name="panda/pick-cube", obs_mode="pixels", image_size=128, cameras=["front", "wrist"],
                     episode_length=100, options={"terminate_on_success": False})
-    collect(CollectConfig(env=env, episodes=episodes, noise=0.4, workers=1, out=str(data)))
-    return train_reward_classifier(RewardClassifierConfig(data=[str(data)], run_dir=str(run)))
+    parts = {"expert": ("scripted", 0.4, episodes, 0), "noisy": ("scripted", 1.0, episodes // 2, 10_000),
+             "random": ("random", 0.0, episodes, 20_000)}
+    data = []
+    for name, (policy, noise, n, seed) in parts.items():
+        data.append(str(work / f"classifier-data-{name}"))
+        collect(CollectConfig(env=env, policy=policy, episodes=n, noise=noise, seed=seed, workers=2,
+                              source="expert" if policy == "scripted" else "policy", out=data[-1]))
+    return train_reward_classifier(RewardClassifierConfig(data=data, run_dir=str(run)))
 
 
 def hil_config(work: Path, name: str, obs_mode: str, steps: int, eval_every: int):
@@ -106,7 +115,8 @@ def main() -> None:
                env_steps=main_run["env_steps"], updates=main_run["updates"],
                wall_clock_min=main_run["wall_clock_min"], intervention_rate=main_run["intervention_rate"],
                actor_hz_state=main_run["actor_hz"], demo_success_rate=main_run["demo_success_rate"],
-               evals=main_run["evals"], curve=_curve(main_run["episodes"]))
+               evals=main_run["evals"], curve=_curve(main_run["episodes"]),
+               **_classifier_in_training(main_run["episodes"]))
     _write(out, args.out)
     if args.pixel_steps:
         pix = run_stage(work, "actor-hz-pixels", "pixels", args.pixel_steps, 0)
@@ -114,6 +124,16 @@ def main() -> None:
             "env_steps", "updates", "wall_clock_min", "actor_hz", "final_success", "intervention_rate")})
     out["benchmark_minutes"] = (time.perf_counter() - t0) / 60
     _write(out, args.out)
+
+
+def _classifier_in_training(episodes: list[dict]) -> dict:
+    """How the classifier judged the training episodes, against the env's own success (the
+    learner never saw the latter): a policy that fools the classifier shows up here."""
+    said = [e for e in episodes if e["success"]]
+    true = [e for e in episodes if e["true_success"]]
+    return {"training_episodes": len(episodes),
+            "training_episode_classifier_precision": sum(e["true_success"] for e in said) / max(len(said), 1),
+            "training_episode_classifier_recall": sum(e["success"] for e in true) / max(len(true), 1)}
 
 
 def _curve(episodes: list[dict], window: int = 20) -> list[dict]:
@@ -140,6 +160,9 @@ def _write(out: dict, name: str) -> None:
                   f"(95% CI {lo:.2f}-{hi:.2f}) after {out['env_steps']} env steps, {out['updates']} updates, "
                   f"{out['wall_clock_min']:.1f} min",
                   f"- intervention rate over the run: {out['intervention_rate']:.3f}",
+                  f"- classifier on the training episodes (vs the env's success, never shown to the learner): "
+                  f"precision {out['training_episode_classifier_precision']:.2f}, "
+                  f"recall {out['training_episode_classifier_recall']:.2f} over {out['training_episodes']} episodes",
                   "", "| env steps | success (policy alone) |", "|---|---|"]
         lines += [f"| {e['step']} | {e['success']:.2f} |" for e in out["evals"]]
         from vlarl.eval.plots import hil_serl_curves

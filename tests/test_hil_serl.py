@@ -237,3 +237,17 @@ def test_online_only_run_without_demos_or_human_trains(tmp_path):
     cfg.sac.batch_size, cfg.sac.hidden = 32, 16
     results = train_hil_serl(cfg, progress=False)
     assert results["updates"] > 100 and results["intervention_rate"] == 0.0 and results["demo_success_rate"] is None
+
+
+def test_collect_random_policy_gives_failures_for_classifier_negatives(tmp_path):
+    from vlarl.data import EpisodeDataset
+    from vlarl.recipes.collect import CollectConfig, collect
+
+    out = collect(CollectConfig(env=EnvConfig(name="toy/reach", obs_mode="state"), policy="random", episodes=3,
+                                source="policy", out=str(tmp_path / "d")), progress=False)
+    data = EpisodeDataset(tmp_path / "d")
+    actions = data.load(0)["action"]
+    assert out["written"] == 3 and data.episodes[0].source == "policy"
+    assert actions.std(0).min() > 0.3 and np.abs(actions).max() <= 1.0  # uniform in [-1, 1], not the expert
+    with pytest.raises(VlarlError, match="valid: scripted, random"):
+        collect(CollectConfig(policy="teleop", out=str(tmp_path / "e")), progress=False)

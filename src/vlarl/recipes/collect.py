@@ -40,7 +40,7 @@ class EnvConfig:
 @dataclass
 class CollectConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
-    policy: str = "scripted"
+    policy: str = "scripted"  # or "random" (uniform actions)
     episodes: int = 10
     noise: float = 0.0
     workers: int = 1
@@ -54,14 +54,30 @@ class CollectConfig:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(env_name: str, env_kwargs: dict[str, Any], noise: float) -> None:
+POLICIES = ("scripted", "random")
+
+
+class RandomActions:
+    """Uniform random actions: failures and off-task states (negatives for a reward classifier)."""
+
+    def __init__(self, env) -> None:
+        import numpy as np
+
+        self.shape = env.action_space.shape
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, obs=None):
+        return self.rng.uniform(-1.0, 1.0, self.shape).astype("float32")
+
+
+def _init_worker(env_name: str, env_kwargs: dict[str, Any], noise: float, policy: str = "scripted") -> None:
     from vlarl.envs import ScriptedExpert, make
 
     env = make(env_name, **env_kwargs)
     # Close the env (and its rendering context) when the worker process exits.
     mp.util.Finalize(None, _close_worker, exitpriority=10)
-    _worker.update(env=env, expert=ScriptedExpert(env, noise), task=env.unwrapped.task,
-                   instruction=env.unwrapped.instruction)
+    actor = ScriptedExpert(env, noise) if policy == "scripted" else RandomActions(env)
+    _worker.update(env=env, expert=actor, task=env.unwrapped.task, instruction=env.unwrapped.instruction)
 
 
 def _collect_one(seed: int):
@@ -83,8 +99,8 @@ def _close_worker() -> None:
 # --- main side ------------------------------------------------------------------------------
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Append ``cfg.episodes`` episodes to ``cfg.out`` (fewer if some are already there)."""
-    if cfg.policy != "scripted":
-        raise VlarlError(f"collect: unknown policy {cfg.policy!r}; valid: scripted")
+    if cfg.policy not in POLICIES:
+        raise VlarlError(f"collect: unknown policy {cfg.policy!r}; valid: {', '.join(POLICIES)}")
     if cfg.workers < 1:
         raise VlarlError(f"collect: workers must be >= 1, got {cfg.workers}")
     from vlarl.envs import make  # check the env name and options up front, with a clear error
@@ -111,7 +127,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
 
 def _results(cfg: CollectConfig, seeds: list[int]):
     if cfg.workers == 1 or len(seeds) <= 1:
-        _init_worker(cfg.env.name, cfg.env.kwargs(), cfg.noise)
+        _init_worker(cfg.env.name, cfg.env.kwargs(), cfg.noise, cfg.policy)
         try:
             for s in seeds:
                 yield _collect_one(s)
@@ -120,6 +136,6 @@ def _results(cfg: CollectConfig, seeds: list[int]):
         return
     ctx = mp.get_context("forkserver")
     with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(cfg.env.name, cfg.env.kwargs(), cfg.noise)) as pool:
+                             initargs=(cfg.env.name, cfg.env.kwargs(), cfg.noise, cfg.policy)) as pool:
         # map keeps episode order, so the dataset does not depend on worker timing.
         yield from pool.map(_collect_one, seeds)
