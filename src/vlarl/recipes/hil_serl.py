@@ -377,6 +377,9 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
         run.write_results(results)
 
+    if cfg.eval_every and not results["evals"]:  # where the curve starts: the untrained policy
+        results["evals"].append({"step": c["env_steps"], "updates": c["updates"],
+                                 **evaluate_policy(cfg, agent, cfg.eval_episodes, 10_000 + cfg.seed)})
     try:
         while c["env_steps"] < cfg.steps:
             if local is not None:
@@ -463,7 +466,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
 def _actor_scalars(server: LearnerServer | None) -> dict[str, float]:
     if server is None or not server.actor_stats:
         return {}
-    fresh = [s for s in server.actor_stats.values() if time.time() - s["received"] < 10]
+    fresh = [s for s in list(server.actor_stats.values()) if "hz" in s and time.time() - s["received"] < 10]
     if not fresh:
         return {}
     return {"actor_hz": float(np.mean([s["hz"] for s in fresh])),

@@ -351,7 +351,7 @@ class ActorClient:
                 if now >= next_stats:
                     with self._lock:
                         stats = dict(self._stats)
-                    send(conn, ("stats", stats))
+                    send(conn, ("stats", stats))  # also the heartbeat, so sent even when empty
                     next_stats = now + self.cfg.heartbeat_s
                 wait = 0.0 if len(self.outbox) else 0.05
                 while conn.poll(wait):
