@@ -12,7 +12,7 @@
 2. The classifier: frozen EfficientNet-Lite0 + small head (``vlarl reward-classifier train``).
 3. The main run (``vlarl train hil-serl``): 20 scripted demos recorded through the same
    wrappers, simulated human whose budget decays over the first half of the run, reward and
-   episode end from the classifier, end-effector-relative frame, one actor process beside the
+   episode end from the classifier (3 positive frames in a row), end-effector-relative frame, one actor process beside the
    learner on this machine. ``final_success`` is the policy alone (no human) over 50 episodes,
    judged by the env's own success check, never the classifier.
 4. ``actor_hz``: a short run with pixel observations (front + wrist, 128 px, frozen

@@ -117,20 +117,21 @@ def test_classifier_reward_replaces_success_and_keeps_the_truth(close_after):
     from vlarl.envs.wrappers import ClassifierReward
 
     calls = []
+    probs = [0.1, 0.9, 0.2, 0.8, 0.95]  # one stray positive frame, then two in a row
 
     def prob(images):
         calls.append(images["top"].shape)
-        return 0.9 if len(calls) >= 3 else 0.1
+        return probs[len(calls) - 1]
 
-    env = ClassifierReward(make("toy/reach", obs_mode="state", terminate_on_success=False), prob)
+    env = ClassifierReward(make("toy/reach", obs_mode="state", terminate_on_success=False), prob, confirm_steps=2)
     close_after(env)
     env.reset(seed=0)
     rewards, dones = [], []
-    for _ in range(3):
+    for _ in range(5):
         _, r, term, trunc, info = env.step(np.zeros(2, np.float32))
         rewards.append(r)
         dones.append(term)
-    assert rewards == [0.0, 0.0, 1.0] and dones == [False, False, True]
+    assert rewards == [0.0, 0.0, 0.0, 0.0, 1.0] and dones == [False] * 4 + [True]
     assert info["is_success"] and not info["true_success"]  # the agent never moved: the truth is kept
     assert calls[0] == (32, 32, 3)  # state obs: the wrapper rendered the camera itself
 

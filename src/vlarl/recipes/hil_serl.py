@@ -74,6 +74,7 @@ class HILSERLConfig:
     reward: str = "env"  # env | classifier (then ``classifier`` is a reward-classifier run)
     classifier: str | None = None
     classifier_threshold: float = 0.5
+    classifier_confirm_steps: int = 3  # frames in a row the classifier must call success
     relative_frame: bool = True
     runtime: str = "multiprocess"  # inprocess | multiprocess | ray
     actors: int = 1
@@ -141,7 +142,8 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
 
         classifier = load_reward_classifier(cfg.classifier)
         classifier.encoder.shared_tokens = True  # the policy's frozen encoder reuses these tokens
-        env = ClassifierReward(env, classifier.success_prob, cfg.classifier_threshold)
+        env = ClassifierReward(env, classifier.success_prob, cfg.classifier_threshold,
+                               confirm_steps=cfg.classifier_confirm_steps)
     if cfg.relative_frame:
         env = RelativeFrame(env)
     return env, device
