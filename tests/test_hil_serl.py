@@ -185,11 +185,11 @@ def test_reward_classifier_trains_and_reports_held_out_precision_recall(tmp_path
 
 
 def _toy_cfg(tmp_path, **kw):
-    from vlarl.algos.sac import SACConfig
-    from vlarl.recipes.hil_serl import HILSERLConfig
+    from vlarl.recipes.hil_serl import HILSERLConfig, _default_sac
 
-    base = dict(env=EnvConfig(name="toy/reach", obs_mode="state"), relative_frame=False, demos=2,
-                sac=SACConfig(ensemble=2, utd=2, batch_size=64, hidden=64, lr=1e-3, gamma=0.97),
+    sac = _default_sac()  # HIL-SERL's settings, smaller networks
+    sac.gripper_critic, sac.hidden, sac.batch_size = False, 64, 64  # the reach task has no gripper
+    base = dict(env=EnvConfig(name="toy/reach", obs_mode="state"), relative_frame=False, demos=2, sac=sac,
                 sim_human=SimulatedHumanConfig(budget=10, decay_steps=800), eval_every=0,
                 final_eval_episodes=20, save_every=500, run_dir=str(tmp_path / "run"))
     base.update(kw)
@@ -207,7 +207,7 @@ def test_hil_serl_in_process_learns_the_toy_task(tmp_path):
     assert results["env_steps"] >= 1500 and results["updates"] > 1000
     rates = [e["intervention_rate"] for e in results["episodes"]]
     assert np.mean(rates[:10]) > np.mean(rates[-10:])  # the human steps back as training goes on
-    # untrained 0.00; 0.35 after 1500 steps on this seed (the deterministic in-process runtime)
+    # untrained 0.00; 0.55 after 1500 steps on this seed (the deterministic in-process runtime)
     assert before["success"] < 0.1 and results["final_success"] >= before["success"] + 0.25, \
         (before, results["final_success"])
     assert (tmp_path / "run" / "hil_serl.png").exists()
