@@ -22,6 +22,7 @@ and counts the env's own success, never the classifier's.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -339,8 +340,6 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         log(f"recorded {cfg.demos} demos (success {c['demo_success_rate']:.2f})")
     results: dict[str, Any] = {"evals": [], "episodes": []}
     if (run.path / "results.json").exists() and counters:
-        import json
-
         old = json.loads((run.path / "results.json").read_text())
         results["evals"] = [e for e in old.get("evals", []) if e["step"] <= c["env_steps"]]
         results["episodes"] = [e for e in old.get("episodes", []) if e["step"] <= c["env_steps"]]
@@ -359,11 +358,10 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     version = c["updates"]
 
     def publish() -> None:
-        payload = {"state_dict": _acting_state(agent), "env_steps": c["env_steps"]}
-        if local is not None:
+        if local is not None:  # shares the learner's agent: only the human's progress to pass on
             local.parts.load({"state_dict": None, "env_steps": c["env_steps"]})
         else:
-            server.publish(version, payload)
+            server.publish(version, {"state_dict": _acting_state(agent), "env_steps": c["env_steps"]})
 
     publish()
     t_start = time.perf_counter()
