@@ -116,6 +116,7 @@ def main() -> None:
                wall_clock_min=main_run["wall_clock_min"], intervention_rate=main_run["intervention_rate"],
                actor_hz_state=main_run["actor_hz"], demo_success_rate=main_run["demo_success_rate"],
                evals=main_run["evals"], curve=_curve(main_run["episodes"]),
+               resumed_from=main_run.get("resumed_from"),
                **_classifier_in_training(main_run["episodes"]))
     _write(out, args.out)
     if args.pixel_steps:
@@ -159,7 +160,9 @@ def _write(out: dict, name: str) -> None:
         lines += [f"- final_success ({out['obs_mode']}, policy alone, 50 episodes): {out['final_success']:.2f} "
                   f"(95% CI {lo:.2f}-{hi:.2f}) after {out['env_steps']} env steps, {out['updates']} updates, "
                   f"{out['wall_clock_min']:.1f} min",
-                  f"- intervention rate over the run: {out['intervention_rate']:.3f}",
+                  f"- intervention rate over the run: {out['intervention_rate']:.3f}"
+                  + (f" (the run was resumed from its checkpoint at {out['resumed_from']} env steps)"
+                     if out.get("resumed_from") else ""),
                   f"- classifier on the training episodes (vs the env's success, never shown to the learner): "
                   f"precision {out['training_episode_classifier_precision']:.2f}, "
                   f"recall {out['training_episode_classifier_recall']:.2f} over {out['training_episodes']} episodes",
@@ -169,7 +172,7 @@ def _write(out: dict, name: str) -> None:
 
         hil_serl_curves({"evals": out["evals"], "episodes": [
             {"step": r["step"], "intervention_rate": r["intervention_rate"]} for r in out["curve"]]},
-            RESULTS / f"{name}.png", window=1)
+            RESULTS / f"{name}.png", window=1, averaged_over=20)
     if "actor_hz" in out:
         lines.append(f"\n- actor_hz (pixels, front + wrist 128 px, learner training on the same cores): "
                      f"{out['actor_hz']:.1f}")

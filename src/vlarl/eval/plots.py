@@ -36,8 +36,9 @@ def plot_training(run_path: Path) -> Path | None:
     return path
 
 
-def hil_serl_curves(results: dict, path: Path, window: int = 20) -> Path:
-    """Evaluation success and the intervention rate (moving mean over ``window`` episodes)
+def hil_serl_curves(results: dict, path: Path, window: int = 20, averaged_over: int | None = None) -> Path:
+    """Evaluation success and the intervention rate (moving mean over ``window`` episodes;
+    ``averaged_over`` names the episodes per point when the rows are already averages)
     against env steps."""
     import matplotlib
 
@@ -55,7 +56,7 @@ def hil_serl_curves(results: dict, path: Path, window: int = 20) -> Path:
         rate = np.convolve([e["intervention_rate"] for e in eps], np.ones(window) / window, mode="valid") \
             if len(eps) >= window else [np.mean([e["intervention_rate"] for e in eps])]
         steps = [e["step"] for e in eps][len(eps) - len(rate):]
-        ax.plot(steps, rate, color="tab:red", label=f"intervention rate ({window}-episode mean)")
+        ax.plot(steps, rate, color="tab:red", label=f"intervention rate ({averaged_over or window}-episode mean)")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("env steps")
     ax.legend(loc="center right", fontsize=8)

@@ -334,7 +334,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     if "buffers" in counters:
         buffers.load_state_dict(counters.pop("buffers"))
     c = {"env_steps": 0, "updates": 0, "episodes": 0, "intervened_steps": 0, "demo_success_rate": None,
-         **counters}
+         "wall_s": 0.0, **counters}  # wall_s: training time of earlier sessions of this run
     if not counters and cfg.demos:
         c.update(record_demos(cfg, buffers, cfg.demos))
         log(f"recorded {cfg.demos} demos (success {c['demo_success_rate']:.2f})")
@@ -371,7 +371,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     bar = tqdm(total=cfg.steps, initial=c["env_steps"], desc="hil-serl", unit="step", disable=not progress)
 
     def save() -> None:
-        saved = dict(c)
+        saved = {**c, "wall_s": c["wall_s"] + time.perf_counter() - t_start}
         if cfg.save_buffer:
             saved["buffers"] = buffers.state_dict()
         run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
@@ -440,7 +440,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         bar.close()
         run.close()
         raise
-    wall = time.perf_counter() - t_start
+    wall = c["wall_s"] + time.perf_counter() - t_start  # across restarts
     actor_hz = _actor_scalars(server).get("actor_hz")
     _shutdown(server, actors)
     bar.close()
