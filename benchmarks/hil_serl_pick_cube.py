@@ -100,6 +100,9 @@ def main() -> None:
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    # what this file recorded last: a resumed run adds the wall clock of the part recorded there
+    previous = json.loads((RESULTS / f"{args.out}.json").read_text()) if (RESULTS / f"{args.out}.json").exists() else {}
+
     t0 = time.perf_counter()
     clf = classifier_stage(work, args.classifier_episodes)
     out = {
@@ -111,9 +114,12 @@ def main() -> None:
     }
     _write(out, args.out)
     main_run = run_stage(work, f"main-{args.obs_mode}", args.obs_mode, args.steps, args.eval_every)
+    wall = main_run["wall_clock_min"]
+    if main_run.get("resumed_from") and previous.get("env_steps") == main_run["resumed_from"]:
+        wall += previous["wall_clock_min"]  # a run resumed from the one this file last recorded
     out.update(obs_mode=args.obs_mode, final_success=main_run["final_success"], final_ci95=main_run["final_ci95"],
                env_steps=main_run["env_steps"], updates=main_run["updates"],
-               wall_clock_min=main_run["wall_clock_min"], intervention_rate=main_run["intervention_rate"],
+               wall_clock_min=wall, intervention_rate=main_run["intervention_rate"],
                actor_hz_state=main_run["actor_hz"], demo_success_rate=main_run["demo_success_rate"],
                evals=main_run["evals"], curve=_curve(main_run["episodes"]),
                resumed_from=main_run.get("resumed_from"),
