@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,8 +382,15 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     if cfg.eval_every and not results["evals"]:  # where the curve starts: the untrained policy
         results["evals"].append({"step": c["env_steps"], "updates": c["updates"],
                                  **evaluate_policy(cfg, agent, cfg.eval_episodes, 10_000 + cfg.seed)})
+    # Ctrl-C sets a flag the loop checks between steps, instead of raising wherever the main
+    # thread happens to be (inside a lock, a socket send or a checkpoint write), so the
+    # shutdown below always starts from a known state.
+    interrupted = threading.Event()
+    previous_handler = _on_sigint(interrupted.set)
     try:
         while c["env_steps"] < cfg.steps:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             if local is not None:
                 local.step()
                 incoming = local.take()
@@ -440,6 +449,9 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         bar.close()
         run.close()
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     wall = c["wall_s"] + time.perf_counter() - t_start  # across restarts
     actor_hz = _actor_scalars(server).get("actor_hz")
     _shutdown(server, actors)
@@ -461,6 +473,13 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     _plot(results, run.path / "hil_serl.png")
     run.close()
     return results
+
+
+def _on_sigint(callback):
+    """Call ``callback`` on SIGINT (main thread only); returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, lambda *_: callback())
 
 
 def _actor_scalars(server: LearnerServer | None) -> dict[str, float]:
