@@ -43,7 +43,7 @@ from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
 from vlarl.recipes.rlpd import _obs_to_torch
 from vlarl.runtime import Run, load_config, resolve_device, seed_everything
-from vlarl.runtime.actor import ActorParts, EpisodeStream
+from vlarl.runtime.actor import ActorParts, EnvStepper, EpisodeStream
 from vlarl.runtime.launcher import ActorLauncher
 from vlarl.runtime.transport import LearnerServer, TransportConfig
 
@@ -516,20 +516,11 @@ class _InProcessActor:
     def __init__(self, cfg: HILSERLConfig, agent: SACAgent) -> None:
         self.parts = build_actor(cfg, 0, agent)
         self._out: list[dict[str, Any]] = []
-        self.stream = EpisodeStream(self._out.append, 0)
-        self.obs, _ = self.parts.env.reset(seed=self.parts.seed)
-        self.stream.start(self.obs)
-        self.episodes, self._t0, self.steps = 0, time.perf_counter(), 0
+        self.stepper = EnvStepper(self.parts, self._out.append, 0)
+        self._t0 = time.perf_counter()
 
     def step(self) -> None:
-        action = self.parts.act(self.obs)
-        obs, reward, terminated, truncated, info = self.parts.env.step(action)
-        self.stream.add(action, reward, obs, terminated, truncated, info)
-        self.obs, self.steps = obs, self.steps + 1
-        if terminated or truncated:
-            self.episodes += 1
-            self.obs, _ = self.parts.env.reset(seed=self.parts.seed + self.episodes)
-            self.stream.start(self.obs)
+        self.stepper.step()
 
     def take(self) -> list[dict[str, Any]]:
         out, self._out[:] = list(self._out), []
@@ -537,7 +528,7 @@ class _InProcessActor:
 
     @property
     def hz(self) -> float:
-        return self.steps / max(time.perf_counter() - self._t0, 1e-9)
+        return self.stepper.steps / max(time.perf_counter() - self._t0, 1e-9)
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

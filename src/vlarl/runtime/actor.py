@@ -82,40 +82,56 @@ class EpisodeStream:
             self._rec = None
 
 
+class EnvStepper:
+    """One actor step at a time: act, step the env, record, reset at episode end. Shared by
+    the actor process loop and the in-process runtime."""
+
+    def __init__(self, parts: ActorParts, ship: Callable[[dict[str, Any]], None], actor_id: int) -> None:
+        self.parts = parts
+        self.stream = EpisodeStream(ship, actor_id)
+        self.steps = self.episodes = self.interventions = 0
+        self.obs, _ = parts.env.reset(seed=parts.seed)
+        self.stream.start(self.obs)
+
+    def step(self) -> None:
+        action = self.parts.act(self.obs)
+        obs, reward, terminated, truncated, info = self.parts.env.step(action)
+        self.stream.add(action, reward, obs, terminated, truncated, info)
+        self.steps += 1
+        self.interventions += int(bool(info.get("intervened", False)))
+        self.obs = obs
+        if terminated or truncated:
+            self.episodes += 1
+            self.obs, _ = self.parts.env.reset(seed=self.parts.seed + self.episodes)
+            self.stream.start(self.obs)
+
+    def counters(self) -> dict[str, Any]:
+        return {"steps": self.steps, "episodes": self.episodes, "interventions": self.interventions,
+                "weights_version": self.stream.weights_version, "pid": os.getpid()}
+
+
 def run_actor(parts: ActorParts, actor_id: int, run_dir: str | Path, max_steps: int | None = None,
               address: tuple[str, int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The actor loop over a socket link to the learner (found through ``run_dir`` unless
     ``address`` is given); returns its final counters."""
     link = ActorClient(actor_id, run_dir, parts.transport, address=address, log=log)
-    stream = EpisodeStream(link.send_episode, actor_id)
-    env = parts.env
-    counters = {"steps": 0, "episodes": 0, "interventions": 0, "weights_version": -1, "pid": os.getpid()}
+    stepper: EnvStepper | None = None
     period = 1.0 / parts.control_hz if parts.control_hz else 0.0
     rate = _Rate()
     next_status = 0.0
     try:
-        obs, _ = env.reset(seed=parts.seed)
-        stream.start(obs)
-        while not link.stop_requested.is_set() and (max_steps is None or counters["steps"] < max_steps):
+        stepper = EnvStepper(parts, link.send_episode, actor_id)
+        while not link.stop_requested.is_set() and (max_steps is None or stepper.steps < max_steps):
             t0 = time.perf_counter()
             weights = link.latest_weights()
             if weights is not None:
                 parts.load(weights[1])
-                counters["weights_version"] = stream.weights_version = weights[0]
-            action = parts.act(obs)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            stream.add(action, reward, next_obs, terminated, truncated, info)
-            counters["steps"] += 1
-            counters["interventions"] += int(bool(info.get("intervened", False)))
-            obs = next_obs
-            if terminated or truncated:
-                counters["episodes"] += 1
-                obs, _ = env.reset(seed=parts.seed + counters["episodes"])
-                stream.start(obs)
+                stepper.stream.weights_version = weights[0]
+            stepper.step()
             rate.tick()
             now = time.monotonic()
             if now >= next_status:
-                stats = {**counters, "hz": rate.hz, "connected": link.connected, "outbox": len(link.outbox),
+                stats = {**stepper.counters(), "hz": rate.hz, "connected": link.connected, "outbox": len(link.outbox),
                          "dropped": link.outbox.dropped, "disconnects": link.disconnects, "time": time.time()}
                 link.set_stats(stats)
                 atomic_write_text(status_path(run_dir, actor_id), json.dumps(stats))
@@ -129,8 +145,10 @@ def run_actor(parts: ActorParts, actor_id: int, run_dir: str | Path, max_steps: 
         pass
     finally:
         link.close()
-        env.close()
-    return counters
+        parts.env.close()
+    if stepper is None:
+        return {"steps": 0, "episodes": 0, "interventions": 0, "weights_version": -1, "pid": os.getpid()}
+    return stepper.counters()
 
 
 class _Rate:
