@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                  "(actors still running from before reconnect)", "runtime=inprocess human=none steps=5000")
     hil.add_argument("--env", help="env name (env.name)")
 
+    ire = train_sub.add_parser("ire-vla", help="iRe-VLA: SFT, then PPO on the action head and supervised "
+                               "learning on the trunk, iterated (or the whole-model PPO baseline)")
+    _recipe_args(ire, "YAML recipe, e.g. configs/ire-vla-metaworld.yaml", "continue the run in RUN_DIR with the next "
+                 "stage", "rl.steps=8192 mode=whole-model-ppo")
+
     rc = sub.add_parser("reward-classifier", help="binary image success classifiers (HIL-SERL's reward)")
     rc_sub = rc.add_subparsers(dest="rc_command", required=True)
     rct = rc_sub.add_parser("train", help="train from labelled episodes; reports held-out precision/recall")
@@ -146,6 +151,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             results = train_hil_serl(load_config(HILSERLConfig, args.config, flags + args.overrides))
         print(json.dumps({k: v for k, v in results.items() if k not in ("evals", "episodes", "events")}, indent=2))
+        return 0
+    if args.command == "train" and args.recipe == "ire-vla":
+        from vlarl.recipes.ire_vla import IReVLAConfig, train_ire_vla
+        from vlarl.runtime import Run
+
+        if args.resume:
+            results = train_ire_vla(resume=Run.resume(args.resume, IReVLAConfig, args.overrides))
+        else:
+            results = train_ire_vla(load_config(IReVLAConfig, args.config, args.overrides))
+        print(json.dumps({k: v for k, v in results.items() if k not in ("stages", "freeze_checks")}, indent=2))
         return 0
     if args.command == "reward-classifier":
         from vlarl.recipes.reward_classifier import RewardClassifierConfig, train_reward_classifier

@@ -11,7 +11,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from vlarl.envs.experts import ScriptedExpert
 from vlarl.envs.registry import ENV_NAMES, env_class, make, valid_options
 from vlarl.envs.twin import PhysicsTwin, TwinConfig
-from vlarl.envs.vector import make_vec
+from vlarl.envs.vector import make_vec, make_vec_mixed
 
 __all__ = [
     "ENV_NAMES",
@@ -21,5 +21,6 @@ __all__ = [
     "env_class",
     "make",
     "make_vec",
+    "make_vec_mixed",
     "valid_options",
 ]

@@ -28,7 +28,21 @@ def make_vec(
     """
     if n < 1:
         raise VlarlError(f"make_vec: n must be >= 1, got {n}")
-    fns = [functools.partial(make, name, **options) for _ in range(n)]
+    return make_vec_mixed([(name, options)] * n, asynchronous=asynchronous, context=context)
+
+
+def make_vec_mixed(
+    specs: list[tuple[str, dict[str, Any]]],
+    *,
+    asynchronous: bool = True,
+    context: str | None = "forkserver",
+) -> gym.vector.VectorEnv:
+    """One env per ``(name, options)``, e.g. several tasks side by side for multi-task RL
+    (their observation and action spaces must match). Same autoreset and seeding as
+    ``make_vec``."""
+    if not specs:
+        raise VlarlError("make_vec_mixed: no envs given")
+    fns = [functools.partial(make, name, **options) for name, options in specs]
     mode = gym.vector.AutoresetMode.SAME_STEP
     if asynchronous:
         return gym.vector.AsyncVectorEnv(fns, shared_memory=True, context=context, autoreset_mode=mode)

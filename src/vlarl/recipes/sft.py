@@ -56,19 +56,22 @@ class SFTData:
     """Every (observation, action chunk, instruction) of the datasets, in memory as tensors
     (images stay uint8)."""
 
-    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None = None) -> None:
+    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None | list[int | None] = None) -> None:
+        """``episodes_per_dataset``: the first N episodes of each dataset (all when None), or
+        one such limit per path."""
+        limits = episodes_per_dataset if isinstance(episodes_per_dataset, list) else [episodes_per_dataset] * len(paths)
         images: dict[str, list[np.ndarray]] = {}
         states, actions, instr = [], [], []
         self.instructions: list[str] = []
         self.tasks: dict[str, dict[str, Any]] = {}  # instruction -> env name and options
         cameras = None
-        for path in paths:
+        for path, limit in zip(paths, limits):
             data = EpisodeDataset(path)
             if cameras is None:
                 cameras = data.cameras
             elif data.cameras != cameras:
                 raise VlarlError(f"{path}: cameras {data.cameras} differ from the first dataset's {cameras}")
-            for i, meta in enumerate(data.episodes[:episodes_per_dataset]):
+            for i, meta in enumerate(data.episodes[:limit]):
                 ep = data.load(i)
                 t = meta.length
                 if meta.instruction not in self.instructions:
