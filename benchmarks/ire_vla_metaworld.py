@@ -51,6 +51,10 @@ def main() -> None:
     p.add_argument("--sl-steps", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--methods", nargs="+", default=["ire-vla", "whole-model-ppo"])
+    p.add_argument("--init-log-std", type=float, default=-1.6, help="PPO exploration: log-std around the head")
+    p.add_argument("--iterations", type=int, default=1, help="passes over the five tasks")
+    p.add_argument("--variant", default="", help="suffix of the run directories (a second configuration)")
+    p.add_argument("--balance-tasks", action="store_true", help="supervised stage draws tasks equally")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--work", default="runs/bench_ire_vla")
     args = p.parse_args()
@@ -65,27 +69,41 @@ def main() -> None:
         datasets.append(str(out))
     sft_dir = work / "ire-vla" / "sft"
     for method in args.methods:
-        run_dir = work / method
-        if (run_dir / "results.json").exists():
+        run_dir = work / (method + args.variant)
+        if (run_dir / "results.json").exists() and _iterations(run_dir) >= args.iterations:
             continue
-        if method != "ire-vla":  # the baseline starts from the iRe-VLA run's stage 0
+        shared_start = run_dir != work / "ire-vla"
+        if shared_start:  # the baseline and variants start from the first iRe-VLA run's stage 0
             while not (sft_dir / "results.json").exists():
                 time.sleep(20)
         cfg = IReVLAConfig(
             sft=SFTConfig(datasets=datasets, episodes_per_dataset=args.demos, policy=PolicyConfig(),
                           steps=args.sft_steps, batch_size=128, lr=3e-4, save_every=10_000),
-            sft_run=None if method == "ire-vla" else str(sft_dir),
+            sft_run=str(sft_dir) if shared_start else None,
             tasks=[f"metaworld/{t}" for t in TASKS], mode=method,
-            rl=RLStageConfig(steps=args.rl_steps, num_envs=2, rollout_steps=256, ppo=PPOConfig(lr=args.ppo_lr)),
-            sl=SLStageConfig(steps=args.sl_steps), eval_episodes=args.eval_episodes, eval_envs=2,
+            iterations=args.iterations,
+            rl=RLStageConfig(steps=args.rl_steps, num_envs=2, rollout_steps=256,
+                             ppo=PPOConfig(lr=args.ppo_lr, init_log_std=args.init_log_std)),
+            sl=SLStageConfig(steps=args.sl_steps, balance_tasks=args.balance_tasks), eval_episodes=args.eval_episodes, eval_envs=2,
             eval_after_stage="trained", video_episodes=1, run_dir=str(run_dir))
         from vlarl.runtime import Run
 
-        resume = Run.resume(run_dir, IReVLAConfig) if (run_dir / "checkpoints").exists() else None
+        if (run_dir / "results.json").exists():  # keep the figures of the passes done so far
+            done = _iterations(run_dir)
+            (run_dir / f"results_{done}_iterations.json").write_text((run_dir / "results.json").read_text())
+        resume = Run.resume(run_dir, IReVLAConfig, [f"iterations={args.iterations}"]) \
+            if (run_dir / "checkpoints").exists() else None
         train_ire_vla(None if resume else cfg, resume=resume)
     runs = {m: work / m / "results.json" for m in ("ire-vla", "whole-model-ppo")}
     if all(r.exists() for r in runs.values()):
         write({m: json.loads(r.read_text()) for m, r in runs.items()}, args)
+
+
+def _iterations(run_dir: Path) -> int:
+    from vlarl.recipes.ire_vla import IReVLAConfig
+    from vlarl.runtime import load_config
+
+    return load_config(IReVLAConfig, run_dir / "config.yaml").iterations
 
 
 def write(res: dict, args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from vlarl.models.groups import named_group_params
 from vlarl.models.policy import PolicyConfig
 from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
 from vlarl.recipes.ire_vla import (IReVLAConfig, RLStageConfig, SLStageConfig, check_frozen, frozen_snapshot,
-                                   rl_stage, stage_plan, train_ire_vla)
+                                   rl_stage, sample_frames, stage_plan, train_ire_vla)
 from vlarl.recipes.sft import SFTConfig, build_policy, train_sft
 from vlarl.runtime import latest_checkpoint, load_checkpoint
 
@@ -52,6 +52,7 @@ def _cfg(demos: str, run_dir, **kw) -> IReVLAConfig:
     return IReVLAConfig(**base)
 
 
+@pytest.mark.timeout(900)  # about a minute alone; slower beside other jobs
 def test_one_iteration_raises_success_on_toy(toy_demos, toy_sft, tmp_path):
     run_dir = tmp_path / "run"
     r = train_ire_vla(_cfg(toy_demos, run_dir, sft_run=str(toy_sft)), progress=False)
@@ -152,3 +153,16 @@ def test_resume_runs_only_the_new_stages(toy_sft, toy_demos, tmp_path):
     assert [s["stage"] for s in second["stages"]] == [1, 2, 3, 4]
     assert second["stages"][:2] == first["stages"]  # the finished stages were not rerun
     assert second["d_rl_ratio"][0] == first["d_rl_ratio"][0]
+
+
+def test_balanced_sampling_draws_tasks_equally():
+    import numpy as np
+
+    task_of_frame = torch.tensor([0] * 90 + [2] * 10)  # task 1 has no frames
+    rng = np.random.default_rng(0)
+    idx = sample_frames(task_of_frame, 4000, rng, balance_tasks=True)
+    share = (task_of_frame[idx] == 2).float().mean().item()
+    assert 0.45 < share < 0.55  # frames alone would give 0.10
+    assert set(idx[task_of_frame[idx] == 2].tolist()) == set(range(90, 100))
+    plain = sample_frames(task_of_frame, 4000, rng, balance_tasks=False)
+    assert 0.07 < (task_of_frame[plain] == 2).float().mean().item() < 0.13

@@ -58,6 +58,7 @@ class SLStageConfig:
     batch_size: int = 128
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    balance_tasks: bool = False  # each batch draws tasks equally, not frames: a task with little data is not drowned
 
 
 @dataclass
@@ -284,6 +285,19 @@ def _warm_up_value(value: torch.nn.Module, features: torch.Tensor, returns: torc
 
 
 # --- SL stage -----------------------------------------------------------------------------
+def sample_frames(task_of_frame: torch.Tensor, n: int, rng: np.random.Generator, balance_tasks: bool) -> torch.Tensor:
+    """``n`` frame indices: uniform over frames, or a uniform task then a uniform frame of it."""
+    if not balance_tasks:
+        return torch.from_numpy(rng.integers(0, len(task_of_frame), n))
+    order = torch.argsort(task_of_frame, stable=True)
+    counts = torch.bincount(task_of_frame)
+    present = torch.nonzero(counts).squeeze(1)
+    starts = torch.cumsum(counts, 0) - counts
+    task = present[torch.from_numpy(rng.integers(0, len(present), n))]
+    offset = (torch.from_numpy(rng.random(n)) * counts[task]).long()
+    return order[starts[task] + offset]
+
+
 def sl_stage(policy: VLAPolicy, data: SFTData, lang_of: dict[str, torch.Tensor], cfg: SLStageConfig,
              rng: np.random.Generator, device: torch.device) -> dict[str, float]:
     """Behaviour cloning of adapter and head on ``data`` (tokens cached: the backbone is frozen)."""
@@ -296,7 +310,7 @@ def sl_stage(policy: VLAPolicy, data: SFTData, lang_of: dict[str, torch.Tensor],
     policy.train()
     losses = []
     for _ in range(cfg.steps):
-        idx = torch.from_numpy(rng.integers(0, len(data), cfg.batch_size)).to(device)
+        idx = sample_frames(data.instr, cfg.batch_size, rng, cfg.balance_tasks).to(device)
         loss = bc_loss(policy, tokens[idx].float(), state[idx], lang_table[instr[idx]], actions[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
