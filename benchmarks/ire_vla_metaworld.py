@@ -94,9 +94,7 @@ def main() -> None:
         resume = Run.resume(run_dir, IReVLAConfig, [f"iterations={args.iterations}"]) \
             if (run_dir / "checkpoints").exists() else None
         train_ire_vla(None if resume else cfg, resume=resume)
-    runs = {m: work / m / "results.json" for m in ("ire-vla", "whole-model-ppo")}
-    if all(r.exists() for r in runs.values()):
-        write({m: json.loads(r.read_text()) for m, r in runs.items()}, args)
+    collect_results(work, args)
 
 
 def _iterations(run_dir: Path) -> int:
@@ -106,56 +104,95 @@ def _iterations(run_dir: Path) -> int:
     return load_config(IReVLAConfig, run_dir / "config.yaml").iterations
 
 
-def write(res: dict, args: argparse.Namespace) -> None:
-    ire, base = res["ire-vla"], res["whole-model-ppo"]
+VARIANTS = {  # run directory -> label; a run that has not been made is left out
+    "ire-vla": "iRe-VLA",
+    "ire-vla-balanced": "iRe-VLA, task-balanced SL",
+    "whole-model-ppo": "PPO on the whole model",
+}
+
+
+def collect_results(work: Path, args: argparse.Namespace) -> None:
+    """Merge the finished runs (and the saved figures of earlier passes) into ire_vla.json/.md."""
+    runs: dict[str, dict] = {}
+    for name in VARIANTS:
+        d = work / name
+        for earlier in sorted(d.glob("results_*_iterations.json")):
+            runs[f"{name}@{earlier.stem.split('_')[1]}"] = json.loads(earlier.read_text())
+        if (d / "results.json").exists():
+            runs[f"{name}@{_iterations(d)}"] = json.loads((d / "results.json").read_text())
+    if "ire-vla@1" in runs and "whole-model-ppo@1" in runs:
+        write(runs, args)
+
+
+def _label(key: str) -> str:
+    name, passes = key.split("@")
+    return VARIANTS[name] + (f" ({passes} passes)" if passes != "1" else "")
+
+
+def write(runs: dict[str, dict], args: argparse.Namespace) -> None:
+    head = runs["ire-vla@1"]
     per_task = {}
-    for env in ire["per_task"]:
-        a, b = ire["per_task"][env], base["per_task"][env]
-        per_task[env] = {"before": a["before"], "before_ci95": a["before_ci95"],
-                         "ire_vla": a["after"], "ire_vla_ci95": a["after_ci95"],
-                         "whole_model_ppo": b["after"], "whole_model_ppo_ci95": b["after_ci95"],
-                         "delta": a["delta"], "delta_whole_model_ppo": b["delta"]}
+    for env in head["per_task"]:
+        t = {"before": head["per_task"][env]["before"], "before_ci95": head["per_task"][env]["before_ci95"]}
+        for key, r in runs.items():
+            p = r["per_task"][env]
+            t[key] = {"after": p["after"], "after_ci95": p["after_ci95"], "delta": p["delta"],
+                      "mean_length": p["mean_length_after"]}
+        per_task[env] = t
     doc = {
         "command": "python " + " ".join(sys.argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "setup": {"tasks": [f"metaworld/{t}" for t in TASKS], "env": ENV, "demos_per_task": args.demos,
-                  "sft_steps": args.sft_steps, "rl_env_steps_per_task": args.rl_steps, "ppo_lr": args.ppo_lr,
-                  "sl_steps": args.sl_steps, "eval_episodes": args.eval_episodes},
+                  "sft_steps": args.sft_steps, "rl_env_steps_per_task_and_pass": args.rl_steps,
+                  "ppo_lr": args.ppo_lr, "ppo_init_log_std": args.init_log_std, "sl_steps": args.sl_steps,
+                  "eval_episodes": args.eval_episodes},
+        "runs": {key: _label(key) for key in runs},
         "per_task": per_task,
-        "tasks_improved": ire["tasks_improved"],
-        "tasks_improved_whole_model_ppo": base["tasks_improved"],
-        "mean_success": {"sft": ire["mean_before"], "ire_vla": ire["mean_after"], "whole_model_ppo": base["mean_after"]},
-        "forgetting": {"ire_vla": ire["forgetting"], "whole_model_ppo": base["forgetting"]},
-        "max_forgetting": {"ire_vla": ire["max_forgetting"], "whole_model_ppo": base["max_forgetting"]},
-        "d_rl_ratio": ire["d_rl_ratio"],
-        "rl_train_success": {m: [(s["tasks"][0], round(s["train_success"], 3)) for s in r["stages"] if s["kind"] == "rl"]
-                             for m, r in res.items()},
-        "freeze_checks": ire["freeze_checks"],
-        "rl_env_steps": {m: r["rl_env_steps"] for m, r in res.items()},
-        "wall_minutes": {m: r["wall_seconds"] / 60 for m, r in res.items()},
+        "tasks_improved": head["tasks_improved"],
+        "tasks_improved_by_run": {key: r["tasks_improved"] for key, r in runs.items()},
+        "mean_success": {"sft": head["mean_before"], **{key: r["mean_after"] for key, r in runs.items()}},
+        "forgetting": {key: r["forgetting"] for key, r in runs.items()},
+        "max_forgetting": {key: r["max_forgetting"] for key, r in runs.items()},
+        "d_rl_ratio": {key: r["d_rl_ratio"] for key, r in runs.items() if r["d_rl_ratio"]},
+        "rl_train_success": {key: [(s["tasks"][0], round(s["train_success"], 3)) for s in r["stages"]
+                                   if s["kind"] == "rl"] for key, r in runs.items()},
+        "d_rl_episodes": {key: [(s["tasks"][0], s["d_rl_episodes"]) for s in r["stages"] if s["kind"] == "rl"]
+                          for key, r in runs.items()},
+        "freeze_checks_passed": {key: all(c["bit_identical"] and c["no_grad"] for c in r["freeze_checks"])
+                                 for key, r in runs.items()},
+        "rl_env_steps": {key: r["rl_env_steps"] for key, r in runs.items()},
+        "wall_minutes": {key: r["wall_seconds"] / 60 for key, r in runs.items()},
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ire_vla.json").write_text(json.dumps(doc, indent=2))
+
+    def cell(v: float, ci: list) -> str:
+        return f"{v:.2f} ({ci[0]:.2f}-{ci[1]:.2f})"
+
+    keys = list(runs)
     lines = ["# iRe-VLA on five Meta-World tasks (pixels), from a low-data SFT policy", "",
-             f"`{doc['command']}` on {doc['machine']}. SFT on {args.demos} scripted demo(s) per task; then per task "
-             f"{args.rl_steps} env steps of PPO (sparse success reward) and, for iRe-VLA, {args.sl_steps} supervised "
-             f"steps on the demos plus successful RL episodes. {args.eval_episodes} evaluation episodes per task, "
+             f"`{doc['command']}` on {doc['machine']}. SFT on {args.demos} scripted demo(s) per task; then, per "
+             f"task and pass, {args.rl_steps} env steps of PPO (sparse success reward) and, for iRe-VLA, "
+             f"{args.sl_steps} supervised steps on the demos plus all successful RL episodes so far. "
+             f"{args.eval_episodes} evaluation episodes per task (the same start states in every column), "
              "95% Wilson intervals.", "",
-             "| task | SFT | iRe-VLA | PPO on the whole model |", "|---|---|---|---|"]
+             "| task | SFT | " + " | ".join(_label(k) for k in keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for env, t in per_task.items():
-        def cell(v, ci):
-            return f"{v:.2f} ({ci[0]:.2f}-{ci[1]:.2f})"
-        lines.append(f"| {env} | {cell(t['before'], t['before_ci95'])} | {cell(t['ire_vla'], t['ire_vla_ci95'])} | "
-                     f"{cell(t['whole_model_ppo'], t['whole_model_ppo_ci95'])} |")
+        lines.append(f"| {env} | {cell(t['before'], t['before_ci95'])} | "
+                     + " | ".join(cell(t[k]["after"], t[k]["after_ci95"]) for k in keys) + " |")
     m = doc["mean_success"]
-    lines.append(f"| **mean** | **{m['sft']:.2f}** | **{m['ire_vla']:.2f}** | **{m['whole_model_ppo']:.2f}** |")
-    lines += ["", f"Tasks improved by >= 0.2: iRe-VLA {doc['tasks_improved']} / 5, whole-model PPO "
-              f"{doc['tasks_improved_whole_model_ppo']} / 5.",
-              f"Forgetting (largest drop from a task's success right after its own stage to the end): "
-              f"iRe-VLA {doc['max_forgetting']['ire_vla']:.2f}, whole-model PPO {doc['max_forgetting']['whole_model_ppo']:.2f}.",
-              f"|D_RL| / |D_e| (episodes) after each supervised stage: {', '.join(f'{r:.1f}' for r in doc['d_rl_ratio'])}.",
-              f"Wall clock: iRe-VLA {doc['wall_minutes']['ire-vla']:.1f} min, baseline "
-              f"{doc['wall_minutes']['whole-model-ppo']:.1f} min (both on the same 2 cores)."]
+    lines.append(f"| **mean** | **{m['sft']:.2f}** | " + " | ".join(f"**{m[k]:.2f}**" for k in keys) + " |")
+    lines.append("| tasks improved by >= 0.2 | | " + " | ".join(str(doc["tasks_improved_by_run"][k]) for k in keys) + " |")
+    lines.append("| largest forgetting | | " + " | ".join(f"{doc['max_forgetting'][k]:.2f}" for k in keys) + " |")
+    lines.append("| RL env steps | | " + " | ".join(f"{doc['rl_env_steps'][k]:,}" for k in keys) + " |")
+    lines += ["", "Forgetting: the drop from a task's success right after its own stage to its success at the end.",
+              "", "Successful RL episodes kept (D_RL) per RL stage, and |D_RL| / |D_e| after each supervised stage:", ""]
+    for k in keys:
+        eps = ", ".join(f"{e.split('/')[1]} {n}" for e, n in doc["d_rl_episodes"][k])
+        ratio = ", ".join(f"{x:.1f}" for x in doc["d_rl_ratio"].get(k, []))
+        lines.append(f"- {_label(k)}: {eps}" + (f"; ratio {ratio}" if ratio else ""))
+    lines += ["", "Wall clock (stages after SFT, minutes, runs sharing 2 cores): "
+              + ", ".join(f"{_label(k)} {doc['wall_minutes'][k]:.0f}" for k in keys) + "."]
     (RESULTS / "ire_vla.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

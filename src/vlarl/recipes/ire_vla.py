@@ -179,12 +179,14 @@ def rl_stage(policy: VLAPolicy, lang_of: dict[str, torch.Tensor], specs: list[tu
                 pixels, state = _obs_tensors(obs, policy.cameras, device)
                 with torch.no_grad():
                     tokens = policy.encode_images(pixels)
+                    if whole_model:  # stored in float16 for the update: act on exactly what it will see
+                        tokens = tokens.half()
                     feats = policy.features(tokens, state, lang)
                     dist = actor(feats)
                     action = dist.sample()
                     buf["logp"].append(dist.log_prob(action))
                     buf["values"].append(value(feats))
-                buf["tokens"].append(tokens.half() if whole_model else tokens[:0])
+                buf["tokens"].append(tokens if whole_model else tokens[:0])
                 buf["state"].append(state)
                 buf["features"].append(feats)
                 buf["actions"].append(action)
@@ -261,8 +263,8 @@ def rl_stage(policy: VLAPolicy, lang_of: dict[str, torch.Tensor], specs: list[tu
         bar.close()
         writer.close()
         vec.close()
+    stats["freeze_check"] = check_frozen(policy, snapshot)  # before any gradient is cleared
     policy.zero_grad(set_to_none=True)  # gradients of trained parameters are not kept
-    stats["freeze_check"] = check_frozen(policy, snapshot)
     stats["d_rl_episodes"] = writer.num_episodes
     stats["train_success"] = stats["successes"] / max(stats["episodes"], 1)
     stats["curve"] = curve
