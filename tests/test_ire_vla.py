@@ -153,6 +153,10 @@ def test_resume_runs_only_the_new_stages(toy_sft, toy_demos, tmp_path):
     assert [s["stage"] for s in second["stages"]] == [1, 2, 3, 4]
     assert second["stages"][:2] == first["stages"]  # the finished stages were not rerun
     assert second["d_rl_ratio"][0] == first["d_rl_ratio"][0]
+    # the first pass's RL curve is still in the log after the resume, and steps only grow
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rl_steps = [row["step"] for row in rows if "rl/rollout_success" in row]
+    assert rl_steps[0] == 256 and len(rl_steps) == 2 and rl_steps == sorted(rl_steps)
 
 
 def test_balanced_sampling_draws_tasks_equally():

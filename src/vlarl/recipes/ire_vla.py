@@ -381,8 +381,11 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
             before = {e: sft_results["per_task"][e] for e in by_env}  # the SFT run's own final evaluation
         else:
             before = evaluate(list(by_env), run.path / "eval_sft")
-        counters = {"stage": 0, "before": before, "history": [], "after_stage": {}, "wall_seconds": 0.0}
+        # "clock" orders logs and checkpoints: env steps so far plus one tick per finished stage,
+        # so a resume drops exactly the rows logged by an unfinished stage
+        counters = {"stage": 0, "clock": 0, "before": before, "history": [], "after_stage": {}, "wall_seconds": 0.0}
         run.save(0, {"policy": policy}, None, counters, {"rng": rng})
+    counters.setdefault("clock", counters["stage"])
     expert = [str(p) for p in (cfg.sft.datasets if not cfg.sft_run else _sft_datasets(sft_dir))]
     expert_limit = cfg.sft.episodes_per_dataset if not cfg.sft_run else _sft_limit(sft_dir)
     d_e = SFTData(expert, policy.cfg.chunk, expert_limit)
@@ -398,16 +401,17 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
             n = max(cfg.rl.num_envs, len(envs))
             specs = [(envs[i % len(envs)], {**tasks[by_env[envs[i % len(envs)]]].get("options", {}),
                                             "reward": "sparse", "terminate_on_success": True}) for i in range(n)]
-            step0 = sum(h.get("env_steps", 0) for h in counters["history"])
+            clock0 = counters["clock"]
 
             def log(env_steps: int, **row: float) -> None:
-                run.log(step0 + env_steps, **{f"rl/{key}": v for key, v in row.items()})
+                run.log(clock0 + env_steps, **{f"rl/{key}": v for key, v in row.items()})
 
             stats = rl_stage(policy, lang_of, specs, cfg, cfg.mode == "whole-model-ppo", d_rl_dir,
                              cfg.seed * 1000 + k, device, log, progress)
             entry.update({key: stats[key] for key in ("env_steps", "episodes", "successes", "train_success",
                                                       "d_rl_episodes", "updates", "freeze_check")})
             (run.path / f"rl_curve_stage{k + 1:02d}.json").write_text(json.dumps(stats["curve"], indent=1))
+            counters["clock"] += stats["env_steps"]
         else:
             d_rl = _d_rl_datasets(run.path, counters["history"])
             data = SFTData(expert + d_rl, policy.cfg.chunk,
@@ -419,8 +423,8 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
                           "d_e_frames": len(d_e), "d_rl_frames": len(data) - len(d_e)})
             entry["d_rl_ratio"] = rl_episodes / max(entry["d_e_episodes"], 1)
             entry["d_rl_frame_ratio"] = entry["d_rl_frames"] / max(len(d_e), 1)
-            run.log(k + 1, **{"sl/d_rl_ratio": entry["d_rl_ratio"], "sl/d_rl_frame_ratio": entry["d_rl_frame_ratio"],
-                              "sl/loss": entry["loss_last"]})
+            run.log(counters["clock"] + 1, **{"sl/d_rl_ratio": entry["d_rl_ratio"], "sl/loss": entry["loss_last"],
+                                              "sl/d_rl_frame_ratio": entry["d_rl_frame_ratio"]})
         last_of_task = cfg.mode == "whole-model-ppo" or kind == "sl"
         if cfg.eval_after_stage != "none" and last_of_task:
             which = envs if cfg.eval_after_stage == "trained" else list(by_env)
@@ -428,13 +432,14 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
             entry["eval"] = res
             for env, r in res.items():
                 counters["after_stage"].setdefault(env, []).append({"stage": k + 1, "success_rate": r["success_rate"]})
-            run.log(k + 1, **{f"eval/{e}": r["success_rate"] for e, r in res.items()})
+            run.log(counters["clock"] + 1, **{f"eval/{e}": r["success_rate"] for e, r in res.items()})
         entry["seconds"] = time.perf_counter() - t0
         counters["history"].append(entry)
         counters["stage"] = k + 1
+        counters["clock"] += 1
         counters["wall_seconds"] += time.perf_counter() - t_start
         t_start = time.perf_counter()
-        run.save(k + 1, {"policy": policy}, None, counters, {"rng": rng})
+        run.save(counters["clock"], {"policy": policy}, None, counters, {"rng": rng})
         if progress:
             print(json.dumps({key: v for key, v in entry.items() if key not in ("eval", "freeze_check")}), flush=True)
     final = evaluate_policy(policy, encoder, tasks, eval_cfg, run.path / "eval", videos=cfg.video_episodes)
