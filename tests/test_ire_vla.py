@@ -59,6 +59,9 @@ def test_one_iteration_raises_success_on_toy(toy_demos, toy_sft, tmp_path):
     task = r["per_task"]["toy/reach"]
     assert task["after"] >= task["before"] + 0.15, task
     [rl, sl] = r["stages"]
+    # the RL stage itself learns: its rollouts succeed more often at the end than at the start
+    curve = [row["rollout_success"] for row in json.loads((run_dir / "rl_curve_stage01.json").read_text())]
+    assert sum(curve[-3:]) / 3 >= sum(curve[:3]) / 3 + 0.1, curve
     assert rl["kind"] == "rl" and sl["kind"] == "sl"
     assert rl["freeze_check"]["bit_identical"] and rl["freeze_check"]["frozen_by_group"]["adapter"] > 0
     # D_RL holds successful RL episodes only, and its size relative to D_e is logged

@@ -58,7 +58,7 @@ class SLStageConfig:
     batch_size: int = 128
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    balance_tasks: bool = False  # each batch draws tasks equally, not frames: a task with little data is not drowned
+    balance_tasks: bool = True  # each batch draws tasks equally, not frames: a task with little data is not drowned
 
 
 @dataclass
