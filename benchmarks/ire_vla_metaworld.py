@@ -12,8 +12,17 @@ baseline runs the same PPO with the adapter trainable too and no supervised stag
 task is evaluated right after its own stage and every task at the end (forgetting).
 
 Finished method runs are reused, so two processes with different ``--methods`` can share
-the machine (the baseline waits for the shared SFT policy); a last run without work left
-writes benchmarks/results/ire_vla.json and .md.
+the machine (the baseline waits for the shared SFT policy); every finished run and pass is
+merged into benchmarks/results/ire_vla.json and .md. The committed figures come from:
+
+    python benchmarks/ire_vla_metaworld.py --methods ire-vla --rl-steps 8192 --eval-episodes 30
+    python benchmarks/ire_vla_metaworld.py --methods whole-model-ppo --rl-steps 8192 --eval-episodes 30  # beside it
+    python benchmarks/ire_vla_metaworld.py --methods ire-vla --variant=-balanced --balance-tasks \
+        --rl-steps 8192 --eval-episodes 30
+    python benchmarks/ire_vla_metaworld.py --methods ire-vla --iterations 2 --rl-steps 8192 --eval-episodes 30
+
+(the first run's supervised stage draws frames uniformly, the recipe's old default; the
+recipe now balances tasks, as the "-balanced" run does).
 """
 
 from __future__ import annotations
@@ -121,7 +130,13 @@ def collect_results(work: Path, args: argparse.Namespace) -> None:
         if (d / "results.json").exists():
             runs[f"{name}@{_iterations(d)}"] = json.loads((d / "results.json").read_text())
     if "ire-vla@1" in runs and "whole-model-ppo@1" in runs:
-        write(runs, args)
+        write(runs, args, first_update_kl={name: _first_kl(work / name) for name in VARIANTS})
+
+
+def _first_kl(run_dir: Path) -> float | None:
+    """PPO's approximate KL over the first update of the first RL stage (how far one update moves the policy)."""
+    curve = run_dir / "rl_curve_stage01.json"
+    return json.loads(curve.read_text())[0]["ppo/approx_kl"] if curve.exists() else None
 
 
 def _label(key: str) -> str:
@@ -129,11 +144,14 @@ def _label(key: str) -> str:
     return VARIANTS[name] + (f" ({passes} passes)" if passes != "1" else "")
 
 
-def write(runs: dict[str, dict], args: argparse.Namespace) -> None:
-    head = runs["ire-vla@1"]
+def write(runs: dict[str, dict], args: argparse.Namespace, first_update_kl: dict[str, float | None]) -> None:
+    # the headline is the recipe's default (task-balanced supervised stage) when it has been run
+    headline = "ire-vla-balanced@1" if "ire-vla-balanced@1" in runs else "ire-vla@1"
+    head = runs[headline]
     per_task = {}
     for env in head["per_task"]:
-        t = {"before": head["per_task"][env]["before"], "before_ci95": head["per_task"][env]["before_ci95"]}
+        h = head["per_task"][env]
+        t = {"before": h["before"], "before_ci95": h["before_ci95"], "after": h["after"], "after_ci95": h["after_ci95"]}
         for key, r in runs.items():
             p = r["per_task"][env]
             t[key] = {"after": p["after"], "after_ci95": p["after_ci95"], "delta": p["delta"],
@@ -147,6 +165,7 @@ def write(runs: dict[str, dict], args: argparse.Namespace) -> None:
                   "ppo_lr": args.ppo_lr, "ppo_init_log_std": args.init_log_std, "sl_steps": args.sl_steps,
                   "eval_episodes": args.eval_episodes},
         "runs": {key: _label(key) for key in runs},
+        "headline": headline,
         "per_task": per_task,
         "tasks_improved": head["tasks_improved"],
         "tasks_improved_by_run": {key: r["tasks_improved"] for key, r in runs.items()},
@@ -162,6 +181,7 @@ def write(runs: dict[str, dict], args: argparse.Namespace) -> None:
                                  for key, r in runs.items()},
         "rl_env_steps": {key: r["rl_env_steps"] for key, r in runs.items()},
         "wall_minutes": {key: r["wall_seconds"] / 60 for key, r in runs.items()},
+        "first_update_approx_kl": first_update_kl,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ire_vla.json").write_text(json.dumps(doc, indent=2))
@@ -175,7 +195,7 @@ def write(runs: dict[str, dict], args: argparse.Namespace) -> None:
              f"task and pass, {args.rl_steps} env steps of PPO (sparse success reward) and, for iRe-VLA, "
              f"{args.sl_steps} supervised steps on the demos plus all successful RL episodes so far. "
              f"{args.eval_episodes} evaluation episodes per task (the same start states in every column), "
-             "95% Wilson intervals.", "",
+             f"95% Wilson intervals. Headline (the recipe's default): {_label(headline)}.", "",
              "| task | SFT | " + " | ".join(_label(k) for k in keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for env, t in per_task.items():
         lines.append(f"| {env} | {cell(t['before'], t['before_ci95'])} | "
@@ -191,6 +211,9 @@ def write(runs: dict[str, dict], args: argparse.Namespace) -> None:
         eps = ", ".join(f"{e.split('/')[1]} {n}" for e, n in doc["d_rl_episodes"][k])
         ratio = ", ".join(f"{x:.1f}" for x in doc["d_rl_ratio"].get(k, []))
         lines.append(f"- {_label(k)}: {eps}" + (f"; ratio {ratio}" if ratio else ""))
+    kl = {k: v for k, v in first_update_kl.items() if v is not None}
+    lines += ["", "PPO's approximate KL over its first update (first task): "
+              + ", ".join(f"{VARIANTS[k]} {v:.3f}" for k, v in kl.items()) + "."]
     lines += ["", "Wall clock (stages after SFT, minutes, runs sharing 2 cores): "
               + ", ".join(f"{_label(k)} {doc['wall_minutes'][k]:.0f}" for k in keys) + "."]
     (RESULTS / "ire_vla.md").write_text("\n".join(lines) + "\n")
