@@ -19,6 +19,8 @@ merged into benchmarks/results/ire_vla.json and .md. The committed figures come 
     python benchmarks/ire_vla_metaworld.py --methods whole-model-ppo --rl-steps 8192 --eval-episodes 30  # beside it
     python benchmarks/ire_vla_metaworld.py --methods ire-vla --variant=-balanced --balance-tasks \
         --rl-steps 8192 --eval-episodes 30
+    python benchmarks/ire_vla_metaworld.py --methods ire-vla --variant=-balanced-explore --balance-tasks \
+        --init-log-std -0.7 --ppo-lr 1e-3 --rl-steps 8192 --eval-episodes 30   # alone on the machine
     python benchmarks/ire_vla_metaworld.py --methods ire-vla --iterations 2 --rl-steps 8192 --eval-episodes 30
 
 (the first run's supervised stage draws frames uniformly, the recipe's old default; the
@@ -116,6 +118,7 @@ def _iterations(run_dir: Path) -> int:
 VARIANTS = {  # run directory -> label; a run that has not been made is left out
     "ire-vla": "iRe-VLA",
     "ire-vla-balanced": "iRe-VLA, task-balanced SL",
+    "ire-vla-balanced-explore": "iRe-VLA, task-balanced SL, PPO std 0.5 lr 1e-3",
     "whole-model-ppo": "PPO on the whole model",
 }
 
