@@ -106,8 +106,8 @@ class ActorLauncher:
             import ray
 
             refs = list(self._ray_refs.values())
-            ray.wait(refs, num_returns=len(refs), timeout=grace_s)
-            for ref in refs:
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+            for ref in pending:  # cancelling a task that already replied can crash Ray's core worker
                 ray.cancel(ref, force=True)
             self._ray_refs.clear()
 
@@ -161,7 +161,7 @@ def alive(pid: int | None) -> bool:
 def _ray_actor():
     import ray
 
-    @ray.remote(num_cpus=1)
+    @ray.remote(num_cpus=1, max_retries=0)  # the launcher respawns actors itself; a Ray retry would duplicate one
     def ray_actor(parts_spec: str, run_dir: str, actor_id: int, address: tuple[str, int]) -> dict[str, Any]:
         import torch
 
