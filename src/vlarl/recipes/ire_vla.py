@@ -148,11 +148,9 @@ def rl_stage(policy: VLAPolicy, lang_of: dict[str, torch.Tensor], specs: list[tu
     snapshot = frozen_snapshot(policy)
     actor = ActionDistribution(policy.head, ppo.init_log_std).to(device)
     value = ValueHead(policy.cfg.dim).to(device)
+    # the policy's trainable groups, then the distribution's own parameters (a log-std, if any)
     trained = [p for p in policy.parameters() if p.requires_grad]
-    if not whole_model:
-        trained = [p for p in actor.parameters() if p.requires_grad]  # the head and log-std
-    elif hasattr(actor, "log_std"):
-        trained.append(actor.log_std)
+    trained += [p for name, p in actor.named_parameters() if not name.startswith("head.")]
     opt = torch.optim.Adam([{"params": trained, "lr": ppo.lr}, {"params": list(value.parameters()), "lr": rl.value_lr}],
                            eps=1e-5)
     gen = torch.Generator().manual_seed(seed)
@@ -386,9 +384,8 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
         counters = {"stage": 0, "clock": 0, "before": before, "history": [], "after_stage": {}, "wall_seconds": 0.0}
         run.save(0, {"policy": policy}, None, counters, {"rng": rng})
     counters.setdefault("clock", counters["stage"])
-    expert = [str(p) for p in (cfg.sft.datasets if not cfg.sft_run else _sft_datasets(sft_dir))]
-    expert_limit = cfg.sft.episodes_per_dataset if not cfg.sft_run else _sft_limit(sft_dir)
-    d_e = SFTData(expert, policy.cfg.chunk, expert_limit)
+    expert, expert_limit = _sft_source(sft_dir) if cfg.sft_run else (cfg.sft.datasets, cfg.sft.episodes_per_dataset)
+    d_e_episodes, d_e_frames = _size(expert, expert_limit)
     t_start = time.perf_counter()
     for k in range(counters["stage"], len(plan)):
         kind, envs = plan[k]
@@ -416,13 +413,12 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
             d_rl = _d_rl_datasets(run.path, counters["history"])
             data = SFTData(expert + d_rl, policy.cfg.chunk,
                            [expert_limit] * len(expert) + [None] * len(d_rl))  # type: ignore[list-item]
-            rl_episodes = sum(len(EpisodeDataset(p)) for p in d_rl)
+            rl_episodes, rl_frames = _size(d_rl, None)
             entry.update(sl_stage(policy, data, lang_of, cfg.sl, rng, device))
-            entry.update({"d_e_episodes": _episodes(expert, expert_limit),
-                          "d_rl_episodes_total": rl_episodes, "frames": len(data),
-                          "d_e_frames": len(d_e), "d_rl_frames": len(data) - len(d_e)})
-            entry["d_rl_ratio"] = rl_episodes / max(entry["d_e_episodes"], 1)
-            entry["d_rl_frame_ratio"] = entry["d_rl_frames"] / max(len(d_e), 1)
+            entry.update({"d_e_episodes": d_e_episodes, "d_rl_episodes_total": rl_episodes, "frames": len(data),
+                          "d_e_frames": d_e_frames, "d_rl_frames": rl_frames})
+            entry["d_rl_ratio"] = rl_episodes / max(d_e_episodes, 1)
+            entry["d_rl_frame_ratio"] = rl_frames / max(d_e_frames, 1)
             run.log(counters["clock"] + 1, **{"sl/d_rl_ratio": entry["d_rl_ratio"], "sl/loss": entry["loss_last"],
                                               "sl/d_rl_frame_ratio": entry["d_rl_frame_ratio"]})
         last_of_task = cfg.mode == "whole-model-ppo" or kind == "sl"
@@ -451,8 +447,11 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     return results
 
 
-def _episodes(paths: list[str], limit: int | None) -> int:
-    return sum(min(len(EpisodeDataset(p)), limit) if limit else len(EpisodeDataset(p)) for p in paths)
+def _size(paths: list[str], limit: int | None) -> tuple[int, int]:
+    """(episodes, frames) of the first ``limit`` episodes of each dataset, as SFTData takes
+    them, from the datasets' indexes alone (no episode file is read)."""
+    metas = [m for p in paths for m in EpisodeDataset(p).episodes[:limit]]
+    return len(metas), sum(m.length for m in metas)
 
 
 def _d_rl_datasets(root: Path, history: list[dict[str, Any]]) -> list[str]:
@@ -461,16 +460,12 @@ def _d_rl_datasets(root: Path, history: list[dict[str, Any]]) -> list[str]:
             if h["kind"] == "rl" and h.get("d_rl_episodes", 0) > 0]
 
 
-def _sft_datasets(sft_dir: Path) -> list[str]:
+def _sft_source(sft_dir: Path) -> tuple[list[str], int | None]:
+    """The demo datasets of a finished SFT run and how many episodes of each it used."""
     from vlarl.runtime import load_config
 
-    return load_config(SFTConfig, sft_dir / "config.yaml").datasets
-
-
-def _sft_limit(sft_dir: Path) -> int | None:
-    from vlarl.runtime import load_config
-
-    return load_config(SFTConfig, sft_dir / "config.yaml").episodes_per_dataset
+    sft = load_config(SFTConfig, sft_dir / "config.yaml")
+    return sft.datasets, sft.episodes_per_dataset
 
 
 def summarize(counters: dict[str, Any], final: dict[str, dict[str, Any]], cfg: IReVLAConfig) -> dict[str, Any]:
