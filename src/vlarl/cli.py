@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                  "(actors still running from before reconnect)", "runtime=inprocess human=none steps=5000")
     hil.add_argument("--env", help="env name (env.name)")
 
+    con = train_sub.add_parser("conrft", help="ConRFT: consistency policy, Cal-QL offline, then online with a human")
+    _recipe_args(con, "YAML recipe, e.g. configs/conrft-pick-cube.yaml", "continue the run in RUN_DIR",
+                 "offline_steps=3000 conrft.beta_schedule.end=0.05")
+    con.add_argument("--env", help="env name (shortcut for env.name=...)")
     ire = train_sub.add_parser("ire-vla", help="iRe-VLA: SFT, then PPO on the action head and supervised "
                                "learning on the trunk, iterated (or the whole-model PPO baseline)")
     _recipe_args(ire, "YAML recipe, e.g. configs/ire-vla-metaworld.yaml", "continue the run in RUN_DIR with the next "
@@ -150,6 +154,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             results = train_hil_serl(resume=Run.resume(args.resume, HILSERLConfig, flags + args.overrides))
         else:
             results = train_hil_serl(load_config(HILSERLConfig, args.config, flags + args.overrides))
+        print(json.dumps({k: v for k, v in results.items() if k not in ("evals", "episodes", "events")}, indent=2))
+        return 0
+    if args.command == "train" and args.recipe == "conrft":
+        from vlarl.recipes.conrft import ConRFTRecipeConfig, train_conrft
+        from vlarl.runtime import Run
+
+        flags = [f"env.name={args.env}"] * bool(args.env)
+        if args.resume:
+            results = train_conrft(resume=Run.resume(args.resume, ConRFTRecipeConfig, flags + args.overrides))
+        else:
+            results = train_conrft(load_config(ConRFTRecipeConfig, args.config, flags + args.overrides))
         print(json.dumps({k: v for k, v in results.items() if k not in ("evals", "episodes", "events")}, indent=2))
         return 0
     if args.command == "train" and args.recipe == "ire-vla":

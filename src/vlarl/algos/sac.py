@@ -265,6 +265,7 @@ class SACLearner:
         self.alpha_opt = torch.optim.Adam([agent.log_alpha], lr=cfg.lr)
         # compiled once per learner; the first update pays the compile time (about 30 s on 2 CPU cores)
         self.critic_loss = torch.compile(critic_loss) if cfg.compile else critic_loss
+        self.env_steps = 0  # set by online recipes; SAC has no schedule that reads it
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
@@ -315,6 +316,10 @@ def to_torch(sample: dict[str, Any], device: torch.device, augment: bool = False
             nxt["pixels"] = {c: torch.as_tensor(v[i]) for c, v in sample["next_pixels"].items()}
             for o in (obs, nxt):
                 o["pixels"] = {c: (random_shift(v, 4, gen) if augment else v).to(device) for c, v in o["pixels"].items()}
-        out.append({"obs": obs, "next_obs": nxt, "action": t(sample["action"][i]), "reward": t(sample["reward"][i]),
-                    "terminated": t(sample["terminated"][i])})
+        batch = {"obs": obs, "next_obs": nxt, "action": t(sample["action"][i]), "reward": t(sample["reward"][i]),
+                 "terminated": t(sample["terminated"][i])}
+        for key in ("mc_return", "offline"):  # present when the buffer keeps returns / when mixed
+            if key in sample:
+                batch[key] = t(sample[key][i])
+        out.append(batch)
     return out

@@ -10,6 +10,10 @@ Wrap-around needs no bookkeeping: writing slot k clears the transition that star
 and the transition at k - 1 is always the one just written. Sampling draws slots uniformly
 and keeps the valid ones. ``memmap_dir`` puts the arrays in memory-mapped files, for
 buffers larger than RAM.
+
+With ``mc_gamma`` set, each transition also gets the discounted Monte-Carlo return of the
+rest of its episode, G_t = r_t + gamma G_{t+1} (0 after the last step), written when the
+episode ends (Cal-QL floors its conservative penalty with it). Until then it is 0.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class ReplayBuffer:
         cameras: Mapping[str, tuple[int, int, int]] | None = None,
         memmap_dir: str | Path | None = None,
         seed: int = 0,
+        mc_gamma: float | None = None,
     ) -> None:
         if capacity < 2:
             raise VlarlError(f"replay capacity must be >= 2, got {capacity}")
@@ -47,6 +52,9 @@ class ReplayBuffer:
         self.terminated = self._array("terminated", (capacity,), bool)
         self.valid = self._array("valid", (capacity,), bool)  # a transition starts at this slot
         self.valid[:] = False
+        self.mc_gamma = mc_gamma
+        self.mc_return = self._array("mc_return", (capacity,), np.float32) if mc_gamma is not None else None
+        self._episode_start = 0  # slot of the open episode's first frame
         self.ptr = 0  # the slot the next frame goes to
         self.frames = 0  # frames written so far, all time
         self._open = False  # an episode is in progress (its last frame is at ptr - 1)
@@ -69,6 +77,7 @@ class ReplayBuffer:
 
     def start_episode(self, obs: Mapping[str, Any]) -> None:
         """The first observation of an episode."""
+        self._episode_start = self.ptr
         self._write_frame(obs)
         self._open = True
 
@@ -82,8 +91,21 @@ class ReplayBuffer:
         self.action[k], self.reward[k], self.terminated[k] = action, reward, terminated
         self._write_frame(next_obs)
         self.valid[k] = True
+        if self.mc_return is not None:
+            self.mc_return[k] = 0.0
         if terminated or truncated:
             self._open = False
+            if self.mc_return is not None:
+                self._write_mc_returns(k)
+
+    def _write_mc_returns(self, last: int) -> None:
+        """Discounted returns of the episode that just ended at slot ``last``, backwards."""
+        g, k = 0.0, last
+        steps = (last - self._episode_start) % self.capacity + 1
+        for _ in range(min(steps, self.capacity - 1)):  # an episode longer than the buffer keeps its tail
+            g = float(self.reward[k]) + self.mc_gamma * g
+            self.mc_return[k] = g
+            k = (k - 1) % self.capacity
 
     def add_episode(self, arrays: Mapping[str, np.ndarray]) -> None:
         """A whole episode in the dataset layout (T + 1 observations, T steps)."""
@@ -141,6 +163,7 @@ class ReplayBuffer:
             "pixels": {c: v[idx] for c, v in self.pixels.items()},
             "next_pixels": {c: v[nxt] for c, v in self.pixels.items()},
             "action": self.action[idx], "reward": self.reward[idx], "terminated": self.terminated[idx],
+            **({"mc_return": self.mc_return[idx]} if self.mc_return is not None else {}),
         }
 
     def sample(self, batch_size: int, n_batches: int = 1) -> dict[str, Any]:
@@ -149,20 +172,25 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.state, self.action, self.reward, self.terminated, self.valid, *self.pixels.values()]
+        arrays = [self.state, self.action, self.reward, self.terminated, self.valid, *self.pixels.values(),
+                  *([self.mc_return] if self.mc_return is not None else [])]
         return sum(a.nbytes for a in arrays)
 
     # --- persistence (checkpoints "where asked") -----------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"state": self.state, "pixels": dict(self.pixels), "action": self.action, "reward": self.reward,
                 "terminated": self.terminated, "valid": self.valid, "ptr": self.ptr, "frames": self.frames,
-                "open": self._open, "rng": self.rng.bit_generator.state}
+                "open": self._open, "rng": self.rng.bit_generator.state, "mc_return": self.mc_return,
+                "episode_start": self._episode_start}
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         for key in ("state", "action", "reward", "terminated", "valid"):
             getattr(self, key)[:] = d[key]
         for c in self.pixels:
             self.pixels[c][:] = d["pixels"][c]
+        if self.mc_return is not None:
+            self.mc_return[:] = d["mc_return"]
+        self._episode_start = d.get("episode_start", 0)
         self.ptr, self.frames, self._open = d["ptr"], d["frames"], d["open"]
         self.rng.bit_generator.state = d["rng"]
 
@@ -170,14 +198,15 @@ class ReplayBuffer:
 def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size: int, n_batches: int,
                  offline_ratio: float) -> dict[str, Any]:
     """RLPD's symmetric sampling: exactly round(batch_size * offline_ratio) offline transitions
-    in every minibatch, the rest online; all minibatches drawn in one call each."""
+    in every minibatch, the rest online; all minibatches drawn in one call each. Online rows
+    come first; ``offline`` (n_batches, batch_size) marks the offline ones."""
     n_off = int(round(batch_size * offline_ratio)) if offline is not None else 0
     n_on = batch_size - n_off
     parts = []
     if n_on:
-        parts.append(online.sample(n_on, n_batches))
+        parts.append({**online.sample(n_on, n_batches), "offline": np.zeros((n_batches, n_on), bool)})
     if n_off:
-        parts.append(offline.sample(n_off, n_batches))  # type: ignore[union-attr]
+        parts.append({**offline.sample(n_off, n_batches), "offline": np.ones((n_batches, n_off), bool)})  # type: ignore[union-attr]
     if len(parts) == 1:
         return parts[0]
     return _concat(parts[0], parts[1])

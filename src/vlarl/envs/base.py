@@ -22,6 +22,7 @@ class VlarlEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
     render_mode = "rgb_array"
+    gripper_action: int | None = None  # index of the gripper command in the action (None: no gripper)
 
     def __init__(
         self,

@@ -27,6 +27,8 @@ class MetaWorldEnv(MujocoEnv):
     proprio (hand xyz, gripper opening) in ``pixels`` mode.
     """
 
+    gripper_action = 3  # +1 closes, -1 opens
+
     def __init__(
         self,
         task: str,

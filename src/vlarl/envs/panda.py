@@ -28,6 +28,8 @@ class PandaPickCubeEnv(MujocoEnv):
     ``state`` is the 18-d proprio in ``pixels`` mode and proprio + cube xyz otherwise.
     """
 
+    gripper_action = 3  # +1 closes, -1 opens
+
     def __init__(
         self,
         obs_mode: str = "state",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -88,3 +89,46 @@ class ClassifierReward(gym.Wrapper):
         terminated = bool(terminated or (success and self.terminate))
         truncated = bool(truncated and not terminated)
         return obs, float(success), terminated, truncated, info
+
+
+@dataclass
+class RewardShapingConfig:
+    """ConRFT's shaped reward (see ``ShapedReward``)."""
+
+    success: float = 10.0
+    step: float = -0.05
+    gripper_toggle: float = -0.2
+
+
+class ShapedReward(gym.Wrapper):
+    """ConRFT's reward: ``success`` on a success step, ``step`` on every step, ``gripper_toggle``
+    each time the gripper command switches between open and closed.
+
+    The gripper's state is the sign of the last command outside the dead band (|g| > 0.5; a
+    command inside it keeps the state), so a policy dithering around zero is not charged but
+    one that opens and closes again is. Success comes from ``info["is_success"]`` (the env's,
+    or a reward classifier's when one wraps the env inside this wrapper).
+    """
+
+    def __init__(self, env: gym.Env, success: float = 10.0, step: float = -0.05, gripper_toggle: float = -0.2) -> None:
+        super().__init__(env)
+        self.success, self.step_reward, self.toggle = float(success), float(step), float(gripper_toggle)
+        self.gripper_index = getattr(env.unwrapped, "gripper_action", None)  # None: no gripper, no toggles
+        self._gripper = 0
+
+    def reset(self, **kwargs):
+        self._gripper = 0  # unknown: the first command sets it without a penalty
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        toggled = False
+        if self.gripper_index is not None:
+            executed = info.get("intervention_action", action)  # what moved the robot, human or policy
+            g = float(np.asarray(executed)[self.gripper_index])
+            state = 1 if g > 0.5 else -1 if g < -0.5 else self._gripper
+            toggled = self._gripper != 0 and state != self._gripper
+            self._gripper = state
+        reward = self.step_reward + self.success * float(bool(info["is_success"])) + self.toggle * float(toggled)
+        info["gripper_toggled"] = toggled
+        return obs, reward, terminated, truncated, info

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from tqdm import tqdm
 from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
 from vlarl.data.replay import ReplayBuffer, sample_mixed
 from vlarl.envs.intervention import SimulatedHumanConfig
+from vlarl.envs.wrappers import RewardShapingConfig
 from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
 from vlarl.recipes.rlpd import _obs_to_torch
@@ -79,6 +80,7 @@ class HILSERLConfig:
     classifier_threshold: float = 0.5
     classifier_confirm_steps: int = 3  # frames in a row the classifier must call success
     relative_frame: bool = True
+    shaping: RewardShapingConfig | None = None  # replace the reward (ConRFT's: +10 success, -0.05 a step, ...)
     runtime: str = "multiprocess"  # inprocess | multiprocess | ray
     actors: int = 1
     respawn_actors: bool = True  # start a new actor when one dies
@@ -100,6 +102,24 @@ class HILSERLConfig:
     seed: int = 0
     run_dir: str = "runs/hil-serl"
     device: str = "auto"
+
+    # What the runtime trains. A recipe on this runtime (ConRFT) subclasses the config and
+    # overrides these: its agent, its learner, its actor entry point, an offline stage.
+    name: ClassVar[str] = "hil-serl"
+    actor_entry: ClassVar[str] = "vlarl.recipes.hil_serl:actor_parts"
+
+    def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> torch.nn.Module:
+        return SACAgent(self.sac, state_dim, action_dim, cameras)
+
+    def make_learner(self, agent: torch.nn.Module, generator: torch.Generator) -> Any:
+        return SACLearner(agent)
+
+    def mc_gamma(self) -> float | None:
+        """Discount of the Monte-Carlo returns the buffers keep (None: they keep none)."""
+        return None
+
+    def before_online(self, ctx: dict[str, Any]) -> None:
+        """Runs once after the demos are recorded, before any actor step (ConRFT: offline stage)."""
 
     def check(self) -> None:
         for key, value, allowed in (("runtime", self.runtime, RUNTIMES), ("human", self.human, HUMANS),
@@ -130,7 +150,7 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
     """The wrapped env and its intervention device (None when evaluating or no human)."""
     from vlarl.envs import make
     from vlarl.envs.intervention import InterventionWrapper
-    from vlarl.envs.wrappers import ClassifierReward, RelativeFrame
+    from vlarl.envs.wrappers import ClassifierReward, RelativeFrame, ShapedReward
 
     options = cfg.env.kwargs()
     use_classifier = training and cfg.reward == "classifier"
@@ -147,6 +167,8 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
         classifier.encoder.shared_tokens = True  # the policy's frozen encoder reuses these tokens
         env = ClassifierReward(env, classifier.success_prob, cfg.classifier_threshold,
                                confirm_steps=cfg.classifier_confirm_steps)
+    if training and cfg.shaping is not None:  # outside the classifier: shapes whichever success signal is used
+        env = ShapedReward(env, cfg.shaping.success, cfg.shaping.step, cfg.shaping.gripper_toggle)
     if cfg.relative_frame:
         env = RelativeFrame(env)
     return env, device
@@ -158,10 +180,10 @@ def _acting_state(agent: SACAgent) -> dict[str, torch.Tensor]:
             if not k.startswith(("target_critic.", "critic.q."))}
 
 
-def _agent_for(cfg: HILSERLConfig, env) -> SACAgent:
+def _agent_for(cfg: HILSERLConfig, env) -> torch.nn.Module:
     space = env.observation_space
     cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
-    return SACAgent(cfg.sac, space["state"].shape[0], env.action_space.shape[0], cameras)
+    return cfg.make_agent(space["state"].shape[0], env.action_space.shape[0], cameras)
 
 
 def build_actor(cfg: HILSERLConfig, actor_id: int, agent: SACAgent | None = None) -> ActorParts:
@@ -185,9 +207,9 @@ def build_actor(cfg: HILSERLConfig, actor_id: int, agent: SACAgent | None = None
     return ActorParts(env=env, act=act, load=load, transport=cfg.transport, seed=seed, control_hz=cfg.control_hz)
 
 
-def actor_parts(run_dir: str, actor_id: int) -> ActorParts:
+def actor_parts(run_dir: str, actor_id: int, config_cls: type[HILSERLConfig] | None = None) -> ActorParts:
     """Entry point of actor processes: the run's saved config -> the actor's parts."""
-    cfg = load_config(HILSERLConfig, Path(run_dir) / "config.yaml")
+    cfg = load_config(config_cls or HILSERLConfig, Path(run_dir) / "config.yaml")
     seed_everything(cfg.seed + 1000 * (actor_id + 1))
     return build_actor(cfg, actor_id)
 
@@ -214,9 +236,10 @@ def slice_episode(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[s
 class Buffers:
     """HIL-SERL's two buffers: every transition to ``online``; demos and interventions to ``demos``."""
 
-    def __init__(self, capacity: int, state_dim: int, action_dim: int, cameras: dict | None, seed: int) -> None:
-        self.online = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed)
-        self.demos = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed + 1)
+    def __init__(self, capacity: int, state_dim: int, action_dim: int, cameras: dict | None, seed: int,
+                 mc_gamma: float | None = None) -> None:
+        self.online = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed, mc_gamma=mc_gamma)
+        self.demos = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed + 1, mc_gamma=mc_gamma)
 
     def add(self, arrays: dict[str, np.ndarray], intervened: np.ndarray, demo: bool = False) -> None:
         if demo:
@@ -278,7 +301,7 @@ def _insert_innermost(env, wrap):
 
 
 @torch.no_grad()
-def evaluate_policy(cfg: HILSERLConfig, agent: SACAgent, episodes: int, seed: int,
+def evaluate_policy(cfg: HILSERLConfig, agent: torch.nn.Module, episodes: int, seed: int,
                     video: Path | None = None, video_episodes: int = 2) -> dict[str, Any]:
     """The policy alone (no human, no classifier): the env's own success over ``episodes``;
     the first ``video_episodes`` are filmed to ``video`` when given."""
@@ -330,8 +353,8 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
     state_dim, action_dim = space["state"].shape[0], probe.action_space.shape[0]
     probe.close()
-    learner = SACLearner(agent)
-    buffers = Buffers(cfg.buffer_size, state_dim, action_dim, cameras, cfg.seed)
+    learner = cfg.make_learner(agent, gen)
+    buffers = Buffers(cfg.buffer_size, state_dim, action_dim, cameras, cfg.seed, cfg.mc_gamma())
     counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng}) or {}
     if "buffers" in counters:
         buffers.load_state_dict(counters.pop("buffers"))
@@ -345,6 +368,19 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         old = json.loads((run.path / "results.json").read_text())
         results["evals"] = [e for e in old.get("evals", []) if e["step"] <= c["env_steps"]]
         results["episodes"] = [e for e in old.get("episodes", []) if e["step"] <= c["env_steps"]]
+        results.update({k: v for k, v in old.items() if k.startswith("offline")})
+    t_start = time.perf_counter()
+
+    def save() -> None:
+        saved = {**c, "wall_s": c["wall_s"] + time.perf_counter() - t_start}
+        if cfg.save_buffer:
+            saved["buffers"] = buffers.state_dict()
+        run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
+        run.write_results(results)
+
+    cfg.before_online({"run": run, "agent": agent, "learner": learner, "buffers": buffers, "counters": c,
+                       "results": results, "device": device, "generator": gen, "augment": cameras is not None,
+                       "save": save, "log": log, "progress": progress})
 
     server = actors = local = None
     if cfg.runtime == "inprocess":
@@ -353,7 +389,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         if cfg.runtime == "ray" and cfg.transport.host == "127.0.0.1" and cfg.ray_address:
             log("runtime=ray with a cluster: set transport.host=0.0.0.0 so remote actors can connect")
         server = LearnerServer(cfg.transport, run.path, log=log)
-        actors = ActorLauncher(cfg.runtime, run.path, "vlarl.recipes.hil_serl:actor_parts", cfg.actors,
+        actors = ActorLauncher(cfg.runtime, run.path, cfg.actor_entry, cfg.actors,
                                cfg.respawn_actors, cfg.ray_address, log)
         actors.ensure(_reachable(server))
 
@@ -366,18 +402,10 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
             server.publish(version, {"state_dict": _acting_state(agent), "env_steps": c["env_steps"]})
 
     publish()
-    t_start = time.perf_counter()
     last_data = time.monotonic()
     next_eval = (c["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
     next_save = (c["env_steps"] // cfg.save_every + 1) * cfg.save_every
-    bar = tqdm(total=cfg.steps, initial=c["env_steps"], desc="hil-serl", unit="step", disable=not progress)
-
-    def save() -> None:
-        saved = {**c, "wall_s": c["wall_s"] + time.perf_counter() - t_start}
-        if cfg.save_buffer:
-            saved["buffers"] = buffers.state_dict()
-        run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
-        run.write_results(results)
+    bar = tqdm(total=cfg.steps, initial=c["env_steps"], desc=cfg.name, unit="step", disable=not progress)
 
     if cfg.eval_every and not results["evals"]:  # where the curve starts: the untrained policy
         results["evals"].append({"step": c["env_steps"], "updates": c["updates"],
@@ -419,6 +447,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
             if ready and c["updates"] < cfg.updates_per_step * c["env_steps"]:
                 sample = sample_mixed(buffers.online, demos, cfg.sac.batch_size, cfg.sac.utd,
                                       cfg.sac.offline_ratio if demos is not None else 0.0)
+                learner.env_steps = c["env_steps"]  # schedules (ConRFT's beta) follow the env steps
                 info = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
                 c["updates"] += 1
                 if c["updates"] % cfg.weights_every == 0:
@@ -462,7 +491,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     results["evals"].append({"step": c["env_steps"], "updates": c["updates"], **final})
     results.update(
         final_success=final["success"], final_ci95=final["ci95"], final_mean_length=final["mean_length"],
-        video=final.get("video"), plot=str(run.path / "hil_serl.png"),
+        video=final.get("video"), plot=str(run.path / f"{cfg.name.replace('-', '_')}.png"),
         env_steps=c["env_steps"], updates=c["updates"], num_episodes=c["episodes"],
         intervention_rate=c["intervened_steps"] / max(c["env_steps"], 1), wall_clock_min=wall / 60,
         actor_hz=actor_hz if actor_hz is not None else (local.hz if local is not None else None),
@@ -470,7 +499,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         runtime=cfg.runtime, resumed_from=run.resumed_step, events=events[-50:],
     )
     run.write_results(results)
-    _plot(results, run.path / "hil_serl.png")
+    _plot(results, Path(results["plot"]))
     run.close()
     return results
 

@@ -1,0 +1,147 @@
+"""ConRFT's learner: a consistency policy trained against a Cal-QL critic, offline then online.
+
+    critic:  offline  TD + alpha Cal-QL regulariser        (vlarl.algos.calql)
+             online   TD only (``calql_online: true`` keeps the regulariser)
+    actor:   loss = -eta mean_i Q_i(s, pi(s)) + beta L_BC(demo rows)   (vlarl.algos.consistency)
+             offline: eta_offline, beta_offline; online: eta_online and beta decaying on
+             ``beta_schedule`` with the online env steps, so the Q term takes over.
+
+The BC term is computed only on the rows of a minibatch that come from the demo buffer
+(demos and human interventions), never on the policy's own rollouts. The critic is the SAC
+recipes' ensemble (``vlarl.algos.sac.Critic``: LayerNorm MLPs, a shared pixel encoder); one
+update is ``utd`` critic steps and one actor step, as there.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlarl.algos.calql import CalQLConfig, calql_critic_loss
+from vlarl.algos.consistency import ConsistencyConfig, ConsistencyHead, consistency_bc_loss
+from vlarl.algos.sac import Critic, SACConfig, frozen, soft_update
+from vlarl.errors import VlarlError
+
+SCHEDULES = ("linear", "exponential", "constant")
+
+
+@dataclass
+class BetaSchedule:
+    """beta over the online stage: ``start`` at its first env step to ``end`` after ``steps``."""
+
+    start: float = 0.5
+    # 0.05 (ConRFT's release floor) let the Q term take the toy reach policy from 1.00 to 0.15
+    # success within 2k steps of reaching it; 0.2 held 1.00 (same seed and budget)
+    end: float = 0.2
+    steps: int = 20_000
+    kind: str = "linear"  # linear | exponential | constant
+
+    def __call__(self, step: int) -> float:
+        if self.kind not in SCHEDULES:
+            raise VlarlError(f"conrft.beta_schedule.kind must be one of {list(SCHEDULES)}, got {self.kind!r}")
+        if self.kind == "constant" or self.steps <= 0:
+            return self.start
+        frac = min(max(step, 0) / self.steps, 1.0)
+        if self.kind == "linear":
+            return self.start + frac * (self.end - self.start)
+        if self.start <= 0 or self.end <= 0:
+            raise VlarlError("conrft.beta_schedule: an exponential schedule needs start and end > 0")
+        return self.start * (self.end / self.start) ** frac
+
+
+@dataclass
+class ConRFTConfig:
+    eta_offline: float = 0.1  # weight of -Q in the actor loss (paper: offline 0.1, online 1)
+    beta_offline: float = 1.0  # weight of the consistency BC loss offline
+    eta_online: float = 1.0
+    beta_schedule: BetaSchedule = field(default_factory=BetaSchedule)
+    calql: CalQLConfig = field(default_factory=CalQLConfig)
+    calql_online: bool = False
+    policy: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    actor_lr: float = 3e-4
+
+
+class ConRFTAgent(nn.Module):
+    """Critic ensemble (+ target) and a consistency actor on the critic's features."""
+
+    def __init__(self, sac_cfg: SACConfig, cfg: ConRFTConfig, state_dim: int, action_dim: int,
+                 cameras: dict | None = None) -> None:
+        super().__init__()
+        if sac_cfg.gripper_critic:
+            raise VlarlError("conrft: sac.gripper_critic must be false (the consistency policy outputs the gripper too)")
+        self.sac_cfg, self.cfg, self.action_dim = sac_cfg, cfg, action_dim
+        self.critic = Critic(state_dim, action_dim, sac_cfg, cameras)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor = ConsistencyHead(self.critic.feature_dim, action_dim, cfg.policy)
+
+    def param_group(self, name: str) -> str:
+        return "backbone" if ".encoder." in name else "head"
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, Any], deterministic: bool = False) -> torch.Tensor:
+        f = self.critic.features(obs)
+        return self.actor.mode(f) if deterministic else self.actor(f)
+
+
+def actor_loss(agent: ConRFTAgent, batch: dict[str, Any], eta: float, beta: float,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """-eta mean Q(s, pi(s)) + beta L_BC on the demo rows (``batch["offline"]``; all rows if absent)."""
+    features = agent.critic.features(batch["obs"]).detach()  # the encoder learns from the critic only
+    action = agent.actor(features)
+    with frozen(agent.critic.q):  # gradients reach the action, not the critic's weights
+        q = agent.critic(features, action).mean(0)
+    demo = batch.get("offline")
+    rows = demo.nonzero().squeeze(-1) if demo is not None else slice(None)
+    loss = -eta * q.mean()
+    info = {"q_pi": q.mean().detach(), "eta": torch.tensor(eta), "beta": torch.tensor(beta)}
+    if beta > 0 and (demo is None or len(rows) > 0):
+        bc, bc_info = consistency_bc_loss(agent.actor, features[rows], batch["action"][rows], action[rows], generator)
+        loss = loss + beta * bc
+        info.update(bc_info, bc_loss=bc.detach())
+    return loss, info
+
+
+class ConRFTLearner:
+    """Optimisers and the update: ``utd`` critic steps, then one actor step."""
+
+    def __init__(self, agent: ConRFTAgent, generator: torch.Generator | None = None) -> None:
+        self.agent = agent
+        self.critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=agent.sac_cfg.lr)
+        self.actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=agent.cfg.actor_lr)
+        self.generator = generator
+        self.offline = False  # the recipe sets it for the offline stage
+        self.env_steps = 0  # online env steps so far (the runtime sets it): drives beta
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "actor": self.actor_opt}
+
+    def weights(self) -> tuple[float, float]:
+        """(eta, beta) now."""
+        cfg = self.agent.cfg
+        if self.offline:
+            return cfg.eta_offline, cfg.beta_offline
+        return cfg.eta_online, cfg.beta_schedule(self.env_steps)
+
+    def update(self, batches: list[dict[str, Any]], update_actor: bool = True) -> dict[str, torch.Tensor]:
+        agent, cfg = self.agent, self.agent.cfg
+        conservative = self.offline or cfg.calql_online
+        info: dict[str, torch.Tensor] = {}
+        for batch in batches:
+            loss_q, info = calql_critic_loss(agent, batch, cfg.calql, conservative, agent.actor)
+            self.critic_opt.zero_grad(set_to_none=True)
+            loss_q.backward()
+            self.critic_opt.step()
+            soft_update(agent.target_critic, agent.critic, agent.sac_cfg.tau)
+        info = {"critic_loss": loss_q.detach(), **info}
+        if update_actor:
+            eta, beta = self.weights()
+            loss_pi, pi_info = actor_loss(agent, batches[-1], eta, beta, self.generator)
+            self.actor_opt.zero_grad(set_to_none=True)
+            loss_pi.backward()
+            self.actor_opt.step()
+            info.update(actor_loss=loss_pi.detach(), **pi_info)
+        return info

@@ -1,0 +1,127 @@
+"""ConRFT: a consistency policy fine-tuned offline with Cal-QL, then online with a human.
+
+    vlarl train conrft --config configs/conrft-pick-cube.yaml
+    vlarl train conrft --resume runs/conrft-pick-cube
+
+1. Demos: ``demos`` scripted episodes (about 20) recorded through the training wrappers
+   into the demo buffer, every transition with its Monte-Carlo return.
+2. Offline stage (Cal-ConRFT): ``offline_steps`` updates on the demos alone: the critic by
+   TD + Cal-QL, the consistency actor by -eta_offline Q + beta_offline L_BC. Evaluated after.
+3. Online stage (HIL-ConRFT): HIL-SERL's runtime (actor processes, the simulated or a real
+   human, demo + RL buffers 50/50, interventions into the demo buffer); the critic by TD, the
+   actor by -eta_online Q + beta L_BC on the demo rows, beta decaying on ``beta_schedule``.
+
+The reward is shaped as ConRFT's: +10 on success, -0.05 per step, -0.2 per gripper toggle
+(``shaping.*``). Evaluation counts the env's own success and the episode length, policy alone.
+``offline_steps`` with ``conrft.eta_offline=0`` and ``steps=0`` is plain behaviour cloning of
+the same consistency head: the SFT baseline of the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from tqdm import tqdm
+
+from vlarl.algos.conrft import ConRFTAgent, ConRFTConfig, ConRFTLearner
+from vlarl.algos.sac import SACConfig, to_torch
+from vlarl.envs.wrappers import RewardShapingConfig
+from vlarl.errors import VlarlError
+from vlarl.fileio import atomic_write_text
+from vlarl.recipes.hil_serl import HILSERLConfig, evaluate_policy
+from vlarl.recipes.hil_serl import actor_parts as _hil_actor_parts
+from vlarl.runtime.actor import ActorParts
+
+
+def _default_critic() -> SACConfig:
+    # ConRFT's critic: two LayerNorm critics (min over both), batch 256, gamma 0.97 as HIL-SERL;
+    # no temperature (the consistency policy has none) and no grasp critic (the head outputs the gripper).
+    return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, encoder="efficientnet-lite0")
+
+
+@dataclass
+class ConRFTRecipeConfig(HILSERLConfig):
+    sac: SACConfig = field(default_factory=_default_critic)  # the critic ensemble, batch, UTD, gamma, lr, encoder
+    conrft: ConRFTConfig = field(default_factory=ConRFTConfig)
+    shaping: RewardShapingConfig = field(default_factory=RewardShapingConfig)
+    offline_steps: int = 3_000  # updates on the demos before any env step
+    steps: int = 10_000
+    run_dir: str = "runs/conrft"
+
+    name: ClassVar[str] = "conrft"
+    actor_entry: ClassVar[str] = "vlarl.recipes.conrft:actor_parts"
+
+    def check(self) -> None:
+        super().check()
+        if self.offline_steps < 0:
+            raise VlarlError(f"conrft: offline_steps must be >= 0, got {self.offline_steps}")
+        if self.offline_steps and not self.demos:
+            raise VlarlError("conrft: the offline stage needs demos (set demos > 0 or offline_steps=0)")
+        self.conrft.beta_schedule(0)  # a bad schedule kind fails here, before a run starts
+
+    def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> torch.nn.Module:
+        return ConRFTAgent(self.sac, self.conrft, state_dim, action_dim, cameras)
+
+    def make_learner(self, agent: torch.nn.Module, generator: torch.Generator) -> Any:
+        return ConRFTLearner(agent, generator)
+
+    def mc_gamma(self) -> float | None:
+        return self.sac.gamma
+
+    def before_online(self, ctx: dict[str, Any]) -> None:
+        offline_stage(self, ctx)
+
+
+def offline_stage(cfg: ConRFTRecipeConfig, ctx: dict[str, Any]) -> None:
+    """Cal-QL + consistency BC on the demo buffer; resumable; evaluated once at the end."""
+    c, learner, buffers, results = ctx["counters"], ctx["learner"], ctx["buffers"], ctx["results"]
+    done = c.get("offline_updates", 0)
+    if done >= cfg.offline_steps and "offline" in results:
+        return
+    learner.offline = True
+    bar = tqdm(total=cfg.offline_steps, initial=done, desc="conrft offline", unit="upd", disable=not ctx["progress"])
+    info: dict[str, torch.Tensor] = {}
+    save_every = max(cfg.offline_steps // 4, 1)
+    while done < cfg.offline_steps:
+        sample = buffers.demos.sample(cfg.sac.batch_size, cfg.sac.utd)
+        info = learner.update(to_torch(sample, ctx["device"], cfg.sac.augment and ctx["augment"], ctx["generator"]))
+        done += 1
+        c["offline_updates"] = done
+        bar.update(1)
+        if done % cfg.log_every == 0:
+            ctx["run"].log(done, **{f"offline/{k}": float(v) for k, v in info.items()})
+        if done % save_every == 0 and done < cfg.offline_steps:
+            ctx["save"]()
+    bar.close()
+    learner.offline = False
+    # the final evaluation's episodes (same start states), so offline and online compare directly
+    evaluation = evaluate_policy(cfg, ctx["agent"], cfg.final_eval_episodes, 20_000 + cfg.seed)
+    results["offline"] = {"updates": done, **evaluation, **{k: float(v) for k, v in info.items()}}
+    if not results["evals"]:  # the online curve starts from the offline policy
+        results["evals"].append({"step": c["env_steps"], "updates": c["updates"], **evaluation})
+    ctx["log"](f"offline stage: {done} updates, success {evaluation['success']:.2f}, "
+               f"episode length {evaluation['mean_length']:.1f}")
+    ctx["save"]()
+
+
+def actor_parts(run_dir: str, actor_id: int) -> ActorParts:
+    """Entry point of ConRFT's actor processes."""
+    return _hil_actor_parts(run_dir, actor_id, ConRFTRecipeConfig)
+
+
+def train_conrft(cfg: ConRFTRecipeConfig | None = None, resume=None, progress: bool = True) -> dict[str, Any]:
+    """Demos -> offline stage -> online stage; results.json has ``offline`` and the final figures."""
+    from vlarl.recipes.hil_serl import train_hil_serl
+
+    results = train_hil_serl(cfg or ConRFTRecipeConfig(), resume, progress)
+    offline = results.get("offline", {})
+    results["summary"] = {
+        "offline": {"success": offline.get("success"), "episode_length": offline.get("mean_length")},
+        "online": {"success": results["final_success"], "episode_length": results["final_mean_length"]},
+    }
+    atomic_write_text(Path(results["plot"]).parent / "results.json", json.dumps(results, indent=2, default=float))
+    return results
