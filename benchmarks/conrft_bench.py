@@ -45,7 +45,7 @@ def overrides(env: str, run_dir: Path, a: argparse.Namespace) -> list[str]:
             f"offline_steps={a.offline_steps}", f"final_eval_episodes={a.eval_episodes}",
             f"eval_episodes={a.curve_episodes}", f"eval_every={a.eval_every}", "video=false",
             f"sim_human.decay_steps={a.online_steps // 2}", f"conrft.beta_schedule.steps={a.online_steps}",
-            f"conrft.beta_schedule.end={a.beta_end}", f"seed={a.seed}", f"run_dir={run_dir}", *a.set]
+            f"conrft.beta_schedule.end={a.beta_end}", f"seed={a.seed}", f"run_dir={run_dir}", "learner_threads=1", *a.set]
 
 
 def run_env(env: str, a: argparse.Namespace) -> dict:

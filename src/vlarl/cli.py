@@ -100,6 +100,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# recipe -> (module, config class, train function, result keys too long to print)
+_TRAINERS = {
+    "rlpd": ("vlarl.recipes.rlpd", "RLPDConfig", "train_rlpd", ("evals",)),
+    "hil-serl": ("vlarl.recipes.hil_serl", "HILSERLConfig", "train_hil_serl", ("evals", "episodes", "events")),
+    "conrft": ("vlarl.recipes.conrft", "ConRFTRecipeConfig", "train_conrft", ("evals", "episodes", "events")),
+    "ire-vla": ("vlarl.recipes.ire_vla", "IReVLAConfig", "train_ire_vla", ("stages", "freeze_checks")),
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``vlarl train RECIPE``: a new run from --config and overrides, or --resume RUN_DIR."""
+    import importlib
+
+    from vlarl.runtime import Run, load_config
+
+    module, cfg_name, fn_name, hidden = _TRAINERS[args.recipe]
+    mod = importlib.import_module(module)
+    cfg_cls, train = getattr(mod, cfg_name), getattr(mod, fn_name)
+    flags = [f"env.name={args.env}"] * bool(getattr(args, "env", None))
+    flags += [f"demos={args.demos}"] * bool(getattr(args, "demos", None))
+    if args.resume:
+        results = train(resume=Run.resume(args.resume, cfg_cls, flags + args.overrides))
+    else:
+        results = train(load_config(cfg_cls, args.config, flags + args.overrides))
+    print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -134,49 +162,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dataset":
         return _dataset_info(args)
-    if args.command == "train" and args.recipe == "rlpd":
-        from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
-        from vlarl.runtime import Run
-
-        flags = [f"env.name={args.env}"] * bool(args.env) + [f"demos={args.demos}"] * bool(args.demos)
-        if args.resume:
-            results = train_rlpd(resume=Run.resume(args.resume, RLPDConfig, flags + args.overrides))
-        else:
-            results = train_rlpd(load_config(RLPDConfig, args.config, flags + args.overrides))
-        print(json.dumps({k: v for k, v in results.items() if k != "evals"}, indent=2))
-        return 0
-    if args.command == "train" and args.recipe == "hil-serl":
-        from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
-        from vlarl.runtime import Run
-
-        flags = [f"env.name={args.env}"] * bool(args.env)
-        if args.resume:
-            results = train_hil_serl(resume=Run.resume(args.resume, HILSERLConfig, flags + args.overrides))
-        else:
-            results = train_hil_serl(load_config(HILSERLConfig, args.config, flags + args.overrides))
-        print(json.dumps({k: v for k, v in results.items() if k not in ("evals", "episodes", "events")}, indent=2))
-        return 0
-    if args.command == "train" and args.recipe == "conrft":
-        from vlarl.recipes.conrft import ConRFTRecipeConfig, train_conrft
-        from vlarl.runtime import Run
-
-        flags = [f"env.name={args.env}"] * bool(args.env)
-        if args.resume:
-            results = train_conrft(resume=Run.resume(args.resume, ConRFTRecipeConfig, flags + args.overrides))
-        else:
-            results = train_conrft(load_config(ConRFTRecipeConfig, args.config, flags + args.overrides))
-        print(json.dumps({k: v for k, v in results.items() if k not in ("evals", "episodes", "events")}, indent=2))
-        return 0
-    if args.command == "train" and args.recipe == "ire-vla":
-        from vlarl.recipes.ire_vla import IReVLAConfig, train_ire_vla
-        from vlarl.runtime import Run
-
-        if args.resume:
-            results = train_ire_vla(resume=Run.resume(args.resume, IReVLAConfig, args.overrides))
-        else:
-            results = train_ire_vla(load_config(IReVLAConfig, args.config, args.overrides))
-        print(json.dumps({k: v for k, v in results.items() if k not in ("stages", "freeze_checks")}, indent=2))
-        return 0
+    if args.command == "train" and args.recipe in _TRAINERS:
+        return _train(args)
     if args.command == "reward-classifier":
         from vlarl.recipes.reward_classifier import RewardClassifierConfig, train_reward_classifier
 

@@ -130,7 +130,10 @@ class ConRFTLearner:
         agent, cfg = self.agent, self.agent.cfg
         conservative = self.offline or cfg.calql_online
         info: dict[str, torch.Tensor] = {}
-        for batch in batches:
+        # behaviour cloning alone (eta 0 offline): nothing reads the critic, so it is not trained
+        critic_batches = [] if self.offline and cfg.eta_offline == 0 else batches
+        loss_q = torch.zeros(())
+        for batch in critic_batches:
             loss_q, info = calql_critic_loss(agent, batch, cfg.calql, conservative, agent.actor)
             self.critic_opt.zero_grad(set_to_none=True)
             loss_q.backward()
