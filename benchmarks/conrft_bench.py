@@ -45,7 +45,8 @@ def overrides(env: str, run_dir: Path, a: argparse.Namespace) -> list[str]:
             f"offline_steps={a.offline_steps}", f"final_eval_episodes={a.eval_episodes}",
             f"eval_episodes={a.curve_episodes}", f"eval_every={a.eval_every}", "video=false",
             f"sim_human.decay_steps={a.online_steps // 2}", f"conrft.beta_schedule.steps={a.online_steps}",
-            f"conrft.beta_schedule.end={a.beta_end}", f"seed={a.seed}", f"run_dir={run_dir}", "learner_threads=1", *a.set]
+            f"conrft.beta_schedule.end={a.beta_end}", f"seed={a.seed}", f"run_dir={run_dir}", "learner_threads=1",
+            f"control_hz={a.control_hz}", *a.set]
 
 
 def run_env(env: str, a: argparse.Namespace) -> dict:
@@ -70,8 +71,9 @@ def run_env(env: str, a: argparse.Namespace) -> dict:
     out["sft"] = {"success": sft["final_success"], "ci95": sft["final_ci95"], "episode_length": sft["final_mean_length"]}
     run_dir = work / "conrft"
     t = time.perf_counter()
-    if (run_dir / "config.yaml").exists():
-        r = train_conrft(resume=Run.resume(run_dir, ConRFTRecipeConfig, [f"steps={a.online_steps}"]), progress=False)
+    if (run_dir / "config.yaml").exists():  # continue (or an offline stage copied in): same settings
+        r = train_conrft(resume=Run.resume(run_dir, ConRFTRecipeConfig, overrides(env, run_dir, a) + [
+            f"steps={a.online_steps}"]), progress=False)
     else:
         r = train_conrft(load_config(ConRFTRecipeConfig, None, overrides(env, run_dir, a) + [
             f"steps={a.online_steps}"]), progress=False)
@@ -135,6 +137,7 @@ def main() -> None:
     p.add_argument("--curve-episodes", type=int, default=20)
     p.add_argument("--eval-every", type=int, default=2500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control-hz", type=float, default=10.0, help="actor pace (a real arm's control rate)")
     p.add_argument("--set", nargs="*", default=[], help="extra recipe overrides")
     p.add_argument("--work", default="runs/bench_conrft")
     p.add_argument("--cmd-note", default="", help="flags to record beside the commands in the report")

@@ -213,3 +213,38 @@ def test_bad_settings_are_named(tmp_path):
         train_conrft(_toy(tmp_path / "a", "conrft.beta_schedule.kind=cosine"), progress=False)
     with pytest.raises(VlarlError, match="gripper_critic"):
         ConRFTAgent(SACConfig(gripper_critic=True), ConRFTConfig(), 3, 4)
+
+
+def test_pixel_agent_update_trains_the_projection_from_the_critic_only():
+    """Pixels: the critic's encoder features feed the consistency actor detached."""
+    from vlarl.algos.conrft import ConRFTLearner
+    from vlarl.algos.sac import to_torch
+
+    torch.manual_seed(0)
+    cameras = {"top": (32, 32, 3)}
+    agent = ConRFTAgent(SACConfig(ensemble=2, encoder="conv", feature_dim=16, hidden=32), ConRFTConfig(),
+                        state_dim=2, action_dim=2, cameras=cameras)
+    learner = ConRFTLearner(agent, torch.Generator().manual_seed(0))
+    buf = ReplayBuffer(64, 2, 2, cameras, mc_gamma=0.9)
+    rng = np.random.default_rng(0)
+
+    def obs():
+        return {"state": rng.standard_normal(2).astype(np.float32),
+                "pixels": {"top": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)}}
+
+    buf.start_episode(obs())
+    for i in range(20):
+        buf.add(rng.uniform(-1, 1, 2).astype(np.float32), float(i == 19), obs(), terminated=i == 19)
+    batch = to_torch(buf.sample(8, 1), torch.device("cpu"))[0]
+    proj = agent.critic.pixels.proj[0].weight
+    # the actor step alone leaves the projection untouched
+    learner.actor_opt.zero_grad()
+    loss, _ = actor_loss(agent, batch, eta=1.0, beta=1.0)
+    loss.backward()
+    assert proj.grad is None
+    # a full offline update moves it (critic) and the actor
+    before, actor_before = proj.detach().clone(), agent.actor.net[0].weight.detach().clone()
+    learner.offline = True
+    info = learner.update([batch])
+    assert not torch.equal(before, proj) and not torch.equal(actor_before, agent.actor.net[0].weight)
+    assert torch.isfinite(info["critic_loss"]) and "calql_diff" in info

@@ -61,6 +61,13 @@ class ConRFTConfig:
     beta_schedule: BetaSchedule = field(default_factory=BetaSchedule)
     calql: CalQLConfig = field(default_factory=CalQLConfig)
     calql_online: bool = False
+    # -eta Q / mean|Q| (TD3+BC's normalisation): the Q term's scale no longer follows the reward's.
+    # On pick-cube (same offline start, 4k online steps) raw -Q rose to 1.00 success and then fell
+    # to 0.40 as beta decayed; normalised it stayed at 0.90-1.00 with shorter episodes
+    q_normalize: bool = True
+    # fresh Adam moments for the actor when the online stage begins: offline, the BC gradients set
+    # Adam's second moments small, so the first online (Q-dominated) gradients take oversized steps
+    reset_actor_optimizer: bool = False
     policy: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     actor_lr: float = 3e-4
 
@@ -96,7 +103,8 @@ def actor_loss(agent: ConRFTAgent, batch: dict[str, Any], eta: float, beta: floa
         q = agent.critic(features, action).mean(0)
     demo = batch.get("offline")
     rows = demo.nonzero().squeeze(-1) if demo is not None else slice(None)
-    loss = -eta * q.mean()
+    scale = q.abs().mean().detach().clamp_min(1e-6) if agent.cfg.q_normalize else 1.0
+    loss = -eta * q.mean() / scale
     info = {"q_pi": q.mean().detach(), "eta": torch.tensor(eta), "beta": torch.tensor(beta)}
     if beta > 0 and (demo is None or len(rows) > 0):
         bc, bc_info = consistency_bc_loss(agent.actor, features[rows], batch["action"][rows], action[rows], generator)

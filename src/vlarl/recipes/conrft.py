@@ -74,6 +74,8 @@ class ConRFTRecipeConfig(HILSERLConfig):
 
     def before_online(self, ctx: dict[str, Any]) -> None:
         offline_stage(self, ctx)
+        if self.conrft.reset_actor_optimizer and ctx["counters"]["updates"] == 0:  # online not begun yet
+            ctx["learner"].actor_opt.state.clear()
 
 
 def offline_stage(cfg: ConRFTRecipeConfig, ctx: dict[str, Any]) -> None:
