@@ -118,6 +118,16 @@ def report(a: argparse.Namespace) -> None:
             f"| {p['env']} | " + " | ".join(f"{p[m]['success']:.2f}" for m in methods) + " | "
             + " | ".join(f"{p[m]['episode_length']:.1f}" for m in methods)
             + f" | {p['online']['env_steps']} | {p['online']['intervention_rate']:.3f} | {p['conrft_wall_min']:.0f} |")
+    s = parts[0]["settings"] if parts else {}
+    lines += ["", f"Settings: {s.get('demos')} scripted demos, {s.get('offline_steps')} offline updates (Cal-QL + "
+              f"consistency BC), {s.get('online_steps')} online env steps with the actor paced at 10 Hz beside the "
+              f"learner (one update per env step), beta 0.5 -> {s.get('beta_end')}, Q term normalised by mean |Q|, "
+              "simulated human (its budget decays over the first half; the column is the share of steps it drove).",
+              "", "Online curve, success / mean episode length (policy alone; step 0 = after the offline stage and "
+              "the last point are the 50-episode evaluations, the others 20 episodes):", ""]
+    for p in parts:
+        lines.append(f"- {p['env']}: " + ", ".join(f"{c['step']}: {c['success']:.2f} / {c['episode_length']:.1f}"
+                                                  for c in p["curve"]))
     lines += ["", "Success over the same 50 start states per env (95% Wilson intervals in conrft.json), the "
               "policy alone; episode length counts a failure as the full episode. Targets: online success "
               ">= 0.9 and shorter episodes than SFT.", "", "```", *result["commands"], "```"]

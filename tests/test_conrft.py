@@ -248,3 +248,20 @@ def test_pixel_agent_update_trains_the_projection_from_the_critic_only():
     info = learner.update([batch])
     assert not torch.equal(before, proj) and not torch.equal(actor_before, agent.actor.net[0].weight)
     assert torch.isfinite(info["critic_loss"]) and "calql_diff" in info
+
+
+def test_q_term_normalised_by_mean_abs_q():
+    torch.manual_seed(0)
+    batch = {"obs": {"state": torch.randn(5, 3)}, "action": torch.rand(5, 2) * 2 - 1}
+    raw = ConRFTAgent(SACConfig(ensemble=2), ConRFTConfig(q_normalize=False), state_dim=3, action_dim=2)
+    norm = ConRFTAgent(SACConfig(ensemble=2), ConRFTConfig(q_normalize=True), state_dim=3, action_dim=2)
+    norm.load_state_dict(raw.state_dict())
+    torch.manual_seed(1)
+    loss_raw, info = actor_loss(raw, batch, eta=2.0, beta=0.0)
+    torch.manual_seed(1)
+    loss_norm, _ = actor_loss(norm, batch, eta=2.0, beta=0.0)
+    assert loss_raw.item() == pytest.approx(-2.0 * info["q_pi"].item(), rel=1e-5)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        q = raw.critic(raw.critic.features(batch["obs"]), raw.actor(batch["obs"]["state"])).mean(0)
+    assert loss_norm.item() == pytest.approx(-2.0 * q.mean().item() / q.abs().mean().item(), rel=1e-5)
