@@ -130,7 +130,7 @@ def run_actor(parts: ActorParts, actor_id: int, run_dir: str | Path, max_steps: 
             stepper.step()
             rate.tick()
             now = time.monotonic()
-            if now >= next_status:
+            if now >= next_status and rate.measured:  # from the second step on: a rate needs two ticks
                 stats = {**stepper.counters(), "hz": rate.hz, "connected": link.connected, "outbox": len(link.outbox),
                          "dropped": link.outbox.dropped, "disconnects": link.disconnects, "time": time.time()}
                 link.set_stats(stats)
@@ -161,6 +161,10 @@ class _Rate:
     def tick(self) -> None:
         self._times.append(time.perf_counter())
         del self._times[: -self.window]
+
+    @property
+    def measured(self) -> bool:
+        return len(self._times) >= 2
 
     @property
     def hz(self) -> float:
