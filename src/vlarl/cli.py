@@ -118,8 +118,8 @@ def _train(args: argparse.Namespace) -> int:
     module, cfg_name, fn_name, hidden = _TRAINERS[args.recipe]
     mod = importlib.import_module(module)
     cfg_cls, train = getattr(mod, cfg_name), getattr(mod, fn_name)
-    flags = [f"env.name={args.env}"] * bool(getattr(args, "env", None))
-    flags += [f"demos={args.demos}"] * bool(getattr(args, "demos", None))
+    flags = [f"{key}={getattr(args, flag)}" for flag, key in (("env", "env.name"), ("demos", "demos"))
+             if getattr(args, flag, None)]
     if args.resume:
         results = train(resume=Run.resume(args.resume, cfg_cls, flags + args.overrides))
     else:
