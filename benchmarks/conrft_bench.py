@@ -55,12 +55,12 @@ def run_env(env: str, a: argparse.Namespace) -> dict:
     from vlarl.recipes.conrft import ConRFTRecipeConfig, train_conrft
     from vlarl.runtime import Run, load_config
 
-    work = Path(a.work) / env.replace("/", "_")
+    work = Path(a.work) / (env.replace("/", "_") + (f"-seed{a.seed}" if a.seed else ""))
     part = work / "part.json"
     if part.exists():
         return json.loads(part.read_text())
     torch.set_num_threads(1)
-    out: dict = {"env": env}
+    out: dict = {"env": env, "seed": a.seed}
     sft_dir = work / "sft"
     if not (sft_dir / "results.json").exists() or "summary" not in json.loads((sft_dir / "results.json").read_text()):
         t = time.perf_counter()
@@ -95,13 +95,20 @@ def run_env(env: str, a: argparse.Namespace) -> dict:
 def report(a: argparse.Namespace) -> None:
     parts = [json.loads(p.read_text()) for p in sorted(Path(a.work).glob("*/part.json"))]
     methods = ("sft", "offline", "online")
+    envs = sorted({p["env"] for p in parts})
+
+    def mean(env: str, method: str, key: str) -> float:  # over the seeds run for this env
+        values = [p[method][key] for p in parts if p["env"] == env]
+        return sum(values) / len(values)
+
     result = {
-        "final_success": {p["env"]: {m: p[m]["success"] for m in methods} for p in parts},
-        "episode_length": {p["env"]: {m: p[m]["episode_length"] for m in methods} for p in parts},
+        "final_success": {e: {m: mean(e, m, "success") for m in methods} for e in envs},
+        "episode_length": {e: {m: mean(e, m, "episode_length") for m in methods} for e in envs},
+        "seeds": {e: [p.get("seed", 0) for p in parts if p["env"] == e] for e in envs},
         "targets": {"online_success": 0.9, "online_shorter_than_sft": True},
-        "met": {p["env"]: {"online_success_ge_0.9": p["online"]["success"] >= 0.9,
-                           "online_shorter_than_sft": p["online"]["episode_length"] < p["sft"]["episode_length"]}
-                for p in parts},
+        "met": {e: {"online_success_ge_0.9": mean(e, "online", "success") >= 0.9,
+                    "online_shorter_than_sft": mean(e, "online", "episode_length") < mean(e, "sft", "episode_length")}
+                for e in envs},
         "runs": parts,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "commands": ["python benchmarks/conrft_bench.py --env panda/pick-cube " + a.cmd_note,
@@ -115,9 +122,16 @@ def report(a: argparse.Namespace) -> None:
              "interventions | wall (min) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in parts:
         lines.append(
-            f"| {p['env']} | " + " | ".join(f"{p[m]['success']:.2f}" for m in methods) + " | "
+            f"| {p['env']} (seed {p.get('seed', 0)}) | " + " | ".join(f"{p[m]['success']:.2f}" for m in methods) + " | "
             + " | ".join(f"{p[m]['episode_length']:.1f}" for m in methods)
             + f" | {p['online']['env_steps']} | {p['online']['intervention_rate']:.3f} | {p['conrft_wall_min']:.0f} |")
+    if any(len(v) > 1 for v in result["seeds"].values()):
+        lines += ["", "Mean over seeds (the figures in conrft.json):", "", "| env | seeds | SFT success | offline | "
+                  "online | SFT length | offline | online |", "|---|---|---|---|---|---|---|---|"]
+        for e in envs:
+            lines.append(f"| {e} | {len(result['seeds'][e])} | "
+                         + " | ".join(f"{result['final_success'][e][m]:.2f}" for m in methods) + " | "
+                         + " | ".join(f"{result['episode_length'][e][m]:.1f}" for m in methods) + " |")
     s = parts[0]["settings"] if parts else {}
     lines += ["", f"Settings: {s.get('demos')} scripted demos, {s.get('offline_steps')} offline updates (Cal-QL + "
               f"consistency BC), {s.get('online_steps')} online env steps with the actor paced at 10 Hz beside the "
@@ -126,7 +140,7 @@ def report(a: argparse.Namespace) -> None:
               "", "Online curve, success / mean episode length (policy alone; step 0 = after the offline stage and "
               "the last point are the 50-episode evaluations, the others 20 episodes):", ""]
     for p in parts:
-        lines.append(f"- {p['env']}: " + ", ".join(f"{c['step']}: {c['success']:.2f} / {c['episode_length']:.1f}"
+        lines.append(f"- {p['env']} (seed {p.get('seed', 0)}): " + ", ".join(f"{c['step']}: {c['success']:.2f} / {c['episode_length']:.1f}"
                                                   for c in p["curve"]))
     lines += ["", "Success over the same 50 start states per env (95% Wilson intervals in conrft.json), the "
               "policy alone; episode length counts a failure as the full episode. Targets: online success "
