@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from vlarl.algos.sac import next_features
+from vlarl.algos.sac import bootstrap, next_features, target_subset
 
 
 @dataclass
@@ -68,12 +68,11 @@ def calql_critic_loss(agent, batch: dict[str, Any], cfg: CalQLConfig, conservati
     """TD loss (+ alpha R when ``conservative``) for an agent with ``critic``, ``target_critic``
     and a one-step ``policy(features) -> actions``."""
     sac = agent.sac_cfg
-    subset = (torch.randperm(sac.ensemble, device=batch["reward"].device)[: sac.subset]
-              if sac.subset < sac.ensemble else None)
+    subset = target_subset(sac, batch["reward"].device)
     next_f, target_f = next_features(agent, batch)
     with torch.no_grad():
         q_next = agent.target_critic(target_f, policy(next_f), members=subset).min(0).values
-        y = sac.reward_scale * batch["reward"] + sac.gamma * (1.0 - batch["terminated"].float()) * q_next
+        y = bootstrap(sac, batch, q_next)
     features = agent.critic.features(batch["obs"])
     q = agent.critic(features, batch["action"])  # (E, B)
     td = ((q - y) ** 2).mean()

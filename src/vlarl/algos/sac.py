@@ -181,10 +181,14 @@ def next_features(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor,
     return agent.critic.features(batch["next_obs"]), agent.target_critic.features(batch["next_obs"])
 
 
-def _bootstrap(agent: SACAgent, batch: dict[str, Any], q_next: torch.Tensor) -> torch.Tensor:
-    """c r + gamma (1 - terminated) q_next: the one-step target both critics regress to."""
-    cfg = agent.cfg
+def bootstrap(cfg: SACConfig, batch: dict[str, Any], q_next: torch.Tensor) -> torch.Tensor:
+    """c r + gamma (1 - terminated) q_next: the one-step target every critic here regresses to."""
     return cfg.reward_scale * batch["reward"] + cfg.gamma * (1.0 - batch["terminated"].float()) * q_next
+
+
+def target_subset(cfg: SACConfig, device: torch.device) -> torch.Tensor | None:
+    """Z distinct critics for the target's min; None when Z = E (all of them, no gather)."""
+    return torch.randperm(cfg.ensemble, device=device)[: cfg.subset] if cfg.subset < cfg.ensemble else None
 
 
 def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor | None,
@@ -196,7 +200,7 @@ def td_target(agent: SACAgent, batch: dict[str, Any], subset: torch.Tensor | Non
         q_next = agent.target_critic(target_f, next_a, members=subset).min(0).values
         if agent.cfg.backup_entropy:
             q_next = q_next - agent.alpha * next_logp
-        return _bootstrap(agent, batch, q_next)
+        return bootstrap(agent.cfg, batch, q_next)
 
 
 def gripper_target(agent: SACAgent, batch: dict[str, Any],
@@ -206,14 +210,13 @@ def gripper_target(agent: SACAgent, batch: dict[str, Any],
         next_f, target_f = features if features is not None else next_features(agent, batch)
         best = agent.critic.gripper(next_f).argmax(-1, keepdim=True)
         q_next = agent.target_critic.gripper(target_f).gather(-1, best).squeeze(-1)
-        return _bootstrap(agent, batch, q_next)
+        return bootstrap(agent.cfg, batch, q_next)
 
 
 def critic_loss(agent: SACAgent, batch: dict[str, Any]) -> torch.Tensor:
     """The ensemble's TD loss, plus the gripper critic's when there is one (one optimiser)."""
     cfg = agent.cfg
-    subset = (torch.randperm(cfg.ensemble, device=batch["reward"].device)[: cfg.subset]  # distinct critics
-              if cfg.subset < cfg.ensemble else None)  # Z = E: all of them, no gather
+    subset = target_subset(cfg, batch["reward"].device)
     nxt = next_features(agent, batch)
     y = td_target(agent, batch, subset, nxt)
     features = agent.critic.features(batch["obs"])
