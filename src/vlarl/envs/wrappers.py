@@ -132,3 +132,19 @@ class ShapedReward(gym.Wrapper):
         reward = self.step_reward + self.success * float(bool(info["is_success"])) + self.toggle * float(toggled)
         info["gripper_toggled"] = toggled
         return obs, reward, terminated, truncated, info
+
+
+class PrivilegedInfo(gym.Wrapper):
+    """Puts ``env.privileged_state()`` into ``info["privileged_state"]`` after every reset and
+    step, so code driving the env through a vector env can score simulator state (GRAPE's
+    stage costs)."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        info["privileged_state"] = self.env.unwrapped.privileged_state()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["privileged_state"] = self.env.unwrapped.privileged_state()
+        return obs, reward, terminated, truncated, info

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from vlarl.errors import VlarlError, unknown
 from vlarl.models.groups import set_trainable
 from vlarl.models.heads import ValueHead
 from vlarl.models.policy import VLAPolicy
-from vlarl.recipes.sft import SFTConfig, SFTData, build_policy, cache_tokens, evaluate_policy, train_sft
-from vlarl.runtime import Run, latest_checkpoint, load_checkpoint, resolve_device, seed_everything
+from vlarl.recipes.sft import SFTConfig, SFTData, cache_tokens, evaluate_policy, load_sft_policy, stage0
+from vlarl.runtime import Run, resolve_device, seed_everything
 
 MODES = ("ire-vla", "whole-model-ppo")
 
@@ -323,20 +323,6 @@ def sl_stage(policy: VLAPolicy, data: SFTData, lang_of: dict[str, torch.Tensor],
 
 
 # --- the recipe ---------------------------------------------------------------------------
-def _stage0(cfg: IReVLAConfig, run: Run, progress: bool) -> tuple[Path, dict[str, Any] | None]:
-    """The SFT run to start from, trained here unless ``sft_run`` is given."""
-    if cfg.sft_run:
-        done = Path(cfg.sft_run) / "results.json"
-        return Path(cfg.sft_run), json.loads(done.read_text()) if done.exists() else None
-    sft_dir = run.path / "sft"
-    sft_cfg = replace(cfg.sft, run_dir=str(sft_dir), seed=cfg.seed, device=cfg.device,
-                      eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs)
-    if (sft_dir / "results.json").exists():
-        return sft_dir, json.loads((sft_dir / "results.json").read_text())
-    resume = Run.resume(sft_dir, SFTConfig, config=sft_cfg) if (sft_dir / "config.yaml").exists() else None
-    return sft_dir, train_sft(None if resume else sft_cfg, resume=resume, progress=progress)
-
-
 def _eval_summary(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {env: {"success_rate": r["success_rate"], "ci95": r["ci95"], "mean_length": r["mean_length"],
                   "episodes": r["episodes"]} for env, r in results.items()}
@@ -353,13 +339,8 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     run, cfg = Run.start(cfg, resume)
     device = resolve_device(cfg.device)
     rng = seed_everything(cfg.seed)
-    sft_dir, sft_results = _stage0(cfg, run, progress)
-    ckpt = latest_checkpoint(sft_dir / "checkpoints")
-    if ckpt is None or not (sft_dir / "policy.json").exists():
-        raise VlarlError(f"sft_run: {sft_dir} is not a finished SFT run (no policy.json or checkpoint)")
-    spec = json.loads((sft_dir / "policy.json").read_text())
-    policy = build_policy(spec).to(device)
-    load_checkpoint(ckpt, {"policy": policy}, restore_rng=False)
+    sft_dir, sft_results = stage0(cfg, run, progress)
+    policy, spec = load_sft_policy(sft_dir, device)
     (run.path / "policy.json").write_text(json.dumps(spec, indent=2))
     tasks = {i: t for i, t in spec["tasks"].items() if t.get("env")}  # instruction -> env and options
     by_env = {t["env"]: i for i, t in tasks.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
 from vlarl.errors import VlarlError
 from vlarl.models.policy import PolicyConfig, VLAPolicy
-from vlarl.runtime import Run, resolve_device, seed_everything
+from vlarl.runtime import Run, latest_checkpoint, load_checkpoint, resolve_device, seed_everything
 
 
 @dataclass
@@ -120,6 +120,33 @@ def policy_spec(policy: VLAPolicy, data: SFTData) -> dict[str, Any]:
 
 def build_policy(spec: dict[str, Any]) -> VLAPolicy:
     return VLAPolicy(PolicyConfig(**spec["policy"]), spec["cameras"], spec["image_size"], spec["state_dim"], spec["action_dim"])
+
+
+def stage0(cfg: Any, run: Run, progress: bool) -> tuple[Path, dict[str, Any] | None]:
+    """The SFT run a post-training recipe starts from: ``cfg.sft_run`` when given, else an SFT
+    run of ``cfg.sft`` trained (or resumed) in ``run``'s ``sft`` folder. ``cfg`` is any recipe
+    config with ``sft``, ``sft_run``, ``seed``, ``device``, ``eval_episodes`` and ``eval_envs``."""
+    if cfg.sft_run:
+        done = Path(cfg.sft_run) / "results.json"
+        return Path(cfg.sft_run), json.loads(done.read_text()) if done.exists() else None
+    sft_dir = run.path / "sft"
+    sft_cfg = replace(cfg.sft, run_dir=str(sft_dir), seed=cfg.seed, device=cfg.device,
+                      eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs)
+    if (sft_dir / "results.json").exists():
+        return sft_dir, json.loads((sft_dir / "results.json").read_text())
+    resume = Run.resume(sft_dir, SFTConfig, config=sft_cfg) if (sft_dir / "config.yaml").exists() else None
+    return sft_dir, train_sft(None if resume else sft_cfg, resume=resume, progress=progress)
+
+
+def load_sft_policy(sft_dir: Path, device: torch.device) -> tuple[VLAPolicy, dict[str, Any]]:
+    """The policy of a finished SFT run (its latest checkpoint) and its spec (policy.json)."""
+    ckpt = latest_checkpoint(sft_dir / "checkpoints")
+    if ckpt is None or not (sft_dir / "policy.json").exists():
+        raise VlarlError(f"sft_run: {sft_dir} is not a finished SFT run (no policy.json or checkpoint)")
+    spec = json.loads((sft_dir / "policy.json").read_text())
+    policy = build_policy(spec).to(device)
+    load_checkpoint(ckpt, {"policy": policy}, restore_rng=False)
+    return policy, spec
 
 
 def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
