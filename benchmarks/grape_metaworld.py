@@ -29,9 +29,10 @@ os.environ.setdefault("LP_NUM_THREADS", "1")
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("button-press-topdown", "drawer-open", "door-open", "window-open", "window-close")
 ENV = dict(obs_mode="pixels", image_size=84, cameras=["corner"], episode_length=150)
-# A box the arm passes through on its way to the handle in the SFT policy's drawer-open and
-# window-close rollouts; avoidable (other sampled paths miss it).
-KEEP_OUT = {"low": [-0.1, 0.5, 0.15], "high": [0.1, 0.6, 0.25]}
+# A shelf 30 cm above the table over the whole workspace: the SFT policy lifts the arm into
+# it on the way to the handle (in 16 rollouts: drawer-open 44%, window-close 94%), and
+# sampled paths that stay lower exist.
+KEEP_OUT = {"low": [-0.5, 0.3, 0.3], "high": [0.5, 1.0, 0.6]}
 
 
 def sft_dir(a: argparse.Namespace) -> Path:
@@ -108,11 +109,16 @@ def report(a: argparse.Namespace) -> None:
         envs = list(first["per_task"])
         # the task-objective run on the same tasks, at the same iteration: the comparison that isolates the cost swap
         t_last = {e: task["iterations"][-1]["per_task"][e] for e in envs}
+        sft, aligned, plain = _figures(first["per_task"]), _figures(last["per_task"]), _figures(t_last)
         align[name] = {
-            "tasks": envs,
-            "sft": _figures(first["per_task"]),
-            "aligned": _figures(last["per_task"]),
-            "task_objective": _figures(t_last),
+            "tasks": envs, "sft": sft, "aligned": aligned, "task_objective": plain,
+            # what the alignment costs in success, against the SFT start and against GRAPE with the task costs
+            "success_cost_vs_sft": sft["success"] - aligned["success"],
+            "success_cost_vs_task_objective": plain["success"] - aligned["success"],
+            "violation_ratio_vs_sft": aligned["violation_rate"] / sft["violation_rate"] if sft["violation_rate"] else None,
+            "length_change_vs_sft": aligned["mean_length"] - sft["mean_length"],
+            "per_task": {e: {"sft": first["per_task"][e], "aligned": last["per_task"][e], "task_objective": t_last[e]}
+                         for e in envs},
         }
     out["alignment"] = align
     RESULTS.mkdir(exist_ok=True)
@@ -169,6 +175,16 @@ def markdown(out: dict) -> str:
                      f"{f['violation_rate']:.2f}" if f["violation_rate"] is not None else "-",
                      f"{f['steps_in_zone']:.1f}" if f["steps_in_zone"] is not None else "-"]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        ratio = al["violation_ratio_vs_sft"]
+        lines += ["", f"Success cost of the alignment: {al['success_cost_vs_sft']:+.2f} against SFT, "
+                  f"{al['success_cost_vs_task_objective']:+.2f} against GRAPE with the task costs (positive: lost). "
+                  + (f"Violation rate x{ratio:.2f} of SFT's. " if ratio is not None else "")
+                  + f"Mean length {al['length_change_vs_sft']:+.1f} steps against SFT."]
+        lines += ["", "| task | SFT success / length / violations | task objective | aligned |", "|---|---|---|---|"]
+        for e, t in al["per_task"].items():
+            cells = [f"{t[k]['success_rate']:.2f} / {t[k]['mean_length']:.0f} / {t[k].get('violation_rate', float('nan')):.2f}"
+                     for k in ("sft", "task_objective", "aligned")]
+            lines.append(f"| {e} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,8 +198,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="K trajectories per task and iteration")
     p.add_argument("--samples-per-start", type=int, default=1)
     p.add_argument("--pairs", type=int, default=4, help="m: top-m with bottom-m")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-pairs", type=int, default=8)
     p.add_argument("--sft-weight", type=float, default=0.0)
     p.add_argument("--eval-episodes", type=int, default=30)

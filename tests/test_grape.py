@@ -335,3 +335,92 @@ def test_generator_errors_are_named():
     costs, code = generate_costs(CostGeneratorConfig(), "metaworld/drawer-open", "", {})
     assert code is None and costs is hand_written_costs("metaworld/drawer-open")
     assert isinstance(costs, TaskCosts) and isinstance(costs.stages[0], Stage)
+
+
+# --- the recipe on the toy task -----------------------------------------------------------
+TOY = dict(name="toy/reach", obs_mode="state+pixels", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def toy_sft(tmp_path_factory):
+    from vlarl.models.policy import PolicyConfig
+    from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
+    from vlarl.recipes.sft import SFTConfig, train_sft
+
+    root = tmp_path_factory.mktemp("grape")
+    collect(CollectConfig(env=EnvConfig(**TOY), episodes=5, noise=0.1, out=str(root / "demos")), progress=False)
+    runs = {}
+    for head, steps in (("tokens", 300), ("deterministic", 1)):
+        runs[head] = root / f"sft-{head}"
+        train_sft(SFTConfig(datasets=[str(root / "demos")], steps=steps, batch_size=64, lr=1e-3,
+                            policy=PolicyConfig(encoder="conv", dim=64, layers=1, head=head), eval_episodes=2,
+                            eval_envs=1, video_episodes=0, run_dir=str(runs[head])), progress=False)
+    return runs
+
+
+def _grape_cfg(sft_dir, run_dir, **kw):
+    from vlarl.recipes.grape import GRAPEConfig
+
+    base = dict(sft_run=str(sft_dir), iterations=1, samples_per_task=8, pairs_per_task=2, eval_episodes=6,
+                eval_envs=2, sample_envs=2, video_episodes=0, tpo=TPOConfig(lr=1e-3, epochs=3, batch_pairs=2),
+                keep_out=KeepOutZone(low=[-0.3, -0.3, -1.0], high=[0.3, 0.3, 1.0]), run_dir=str(run_dir))
+    base.update(kw)
+    return GRAPEConfig(**base)
+
+
+def test_rollouts_with_one_seed_share_start_states(toy_sft):
+    from vlarl.models.language import InstructionEncoder
+    from vlarl.recipes.grape import rollouts
+    from vlarl.recipes.sft import load_sft_policy
+
+    policy, spec = load_sft_policy(toy_sft["tokens"], torch.device("cpu"))
+    instruction, task = next(iter(spec["tasks"].items()))
+    lang = InstructionEncoder()([instruction])
+    runs = [rollouts(policy, lang, "toy/reach", task["options"], 6, 2, seed=5, sample=True, record=True,
+                     progress=False) for _ in range(2)]
+    starts = [{t.start: t.keypoints[0]["goal"].tolist() + t.keypoints[0]["hand"].tolist() for t in r} for r in runs]
+    assert sorted(starts[0]) == list(range(6)) and starts[0] == starts[1]
+    t = runs[0][0]
+    assert t.tokens.dtype == torch.float16 and len(t.tokens) == len(t.actions) == len(t.state) == len(t.keypoints) - 1
+    # sampled actions are exactly representable as tokens: re-scoring them is exact
+    tok = policy.head.tokenize(t.actions)
+    assert torch.equal(policy.head.detokenize(tok), t.actions)
+
+
+def test_grape_recipe_runs_resumes_and_reports(toy_sft, tmp_path):
+    from vlarl.recipes.grape import train_grape
+    from vlarl.runtime import Run
+
+    run_dir = tmp_path / "grape"
+    r = train_grape(_grape_cfg(toy_sft["tokens"], run_dir, objective="safety"), progress=False)
+    assert [h["iteration"] for h in r["iterations"]] == ["sft", "1"]
+    it = r["iterations"][1]
+    assert it["pairs"] > 0 and it["tpo"]["steps"] == 3 * math.ceil(it["pairs"] / 2)
+    # TPO fits its pairs: the loss falls and the implicit reward margin grows over the steps
+    assert it["tpo"]["tpo_loss_last"] < it["tpo"]["tpo_loss_first"]
+    assert it["tpo"]["reward_margin_last"] > it["tpo"]["reward_margin_first"]
+    task = it["per_task"]["toy/reach"]
+    assert task["episodes"] == 6 and 0 <= task["violation_rate"] <= 1 and "mean_r_ext" in task
+    assert r["mean_success_gain"] == pytest.approx(r["success_per_iteration"][-1] - r["success_per_iteration"][0])
+    assert "violation_rate_per_iteration" in r and (run_dir / "results.md").exists()
+    # resume with one more iteration: only the new one runs, the first is kept as it was
+    r2 = train_grape(resume=Run.resume(run_dir, type(_grape_cfg(toy_sft["tokens"], run_dir)), ["iterations=2"]),
+                     progress=False)
+    assert [h["iteration"] for h in r2["iterations"]] == ["sft", "1", "2"]
+    assert r2["iterations"][1] == json.loads(json.dumps(it))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("tpo/tpo_loss" in row for row in rows) and any("eval/mean_success_rate" in row for row in rows)
+
+
+def test_grape_errors_are_named(toy_sft, tmp_path):
+    from vlarl.recipes.grape import train_grape
+
+    with pytest.raises(VlarlError, match="log-probabilities"):
+        train_grape(_grape_cfg(toy_sft["deterministic"], tmp_path / "a"), progress=False)
+    with pytest.raises(VlarlError, match="keep_out"):
+        train_grape(_grape_cfg(toy_sft["tokens"], tmp_path / "b", objective="safety", keep_out=None), progress=False)
+    with pytest.raises(VlarlError, match="samples_per_start"):
+        train_grape(_grape_cfg(toy_sft["tokens"], tmp_path / "c", samples_per_start=3), progress=False)
+    with pytest.raises(VlarlError, match="tasks"):
+        train_grape(_grape_cfg(toy_sft["tokens"], tmp_path / "d", tasks=["metaworld/drawer-open"]), progress=False)
+    assert not (tmp_path / "b").exists()  # checked before a run directory is made

@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
                                "learning on the trunk, iterated (or the whole-model PPO baseline)")
     _recipe_args(ire, "YAML recipe, e.g. configs/ire-vla-metaworld.yaml", "continue the run in RUN_DIR with the next "
                  "stage", "rl.steps=8192 mode=whole-model-ppo")
+    grape = train_sub.add_parser("grape", help="GRAPE: sample trajectories, score them with stage costs, "
+                                 "trajectory-wise preference optimisation (TPO), iterated")
+    _recipe_args(grape, "YAML recipe, e.g. configs/grape-metaworld.yaml", "continue the run in RUN_DIR with the next "
+                 "iteration", "iterations=3 objective=efficiency tpo.beta=0.1")
 
     rc = sub.add_parser("reward-classifier", help="binary image success classifiers (HIL-SERL's reward)")
     rc_sub = rc.add_subparsers(dest="rc_command", required=True)
@@ -106,6 +110,7 @@ _TRAINERS = {
     "hil-serl": ("vlarl.recipes.hil_serl", "HILSERLConfig", "train_hil_serl", ("evals", "episodes", "events")),
     "conrft": ("vlarl.recipes.conrft", "ConRFTRecipeConfig", "train_conrft", ("evals", "episodes", "events")),
     "ire-vla": ("vlarl.recipes.ire_vla", "IReVLAConfig", "train_ire_vla", ("stages", "freeze_checks")),
+    "grape": ("vlarl.recipes.grape", "GRAPEConfig", "train_grape", ("iterations",)),
 }
 
 

@@ -252,38 +252,35 @@ def train_grape(cfg: GRAPEConfig | None = None, resume: Run | None = None, progr
 
     counters = run.restore({"policy": policy}, None, {"rng": rng})
     if counters is None:
-        counters = {"iteration": 0, "history": [evaluate("sft")], "wall_seconds": 0.0}
+        # the logs' and checkpoints' x axis is TPO optimiser steps + finished iterations, so a
+        # resume drops exactly the rows an unfinished iteration logged
+        counters = {"iteration": 0, "history": [evaluate("sft")], "wall_seconds": 0.0, "tpo_steps": 0}
         run.save(0, {"policy": policy}, None, counters, {"rng": rng})
         _log_eval(run, 0, counters["history"][0])
+    counters.setdefault("tpo_steps", 0)
     t_start = time.perf_counter()
     for it in range(counters["iteration"], cfg.iterations):
         t0 = time.perf_counter()
         trajs: list[Trajectory] = []
         pairs: list[tuple[int, int]] = []
         samples: dict[str, Any] = {}
-        for k, e in enumerate(envs):  # sample, score, pair
+        for k, e in enumerate(envs):
             got = _sample(policy, lang[e], e, options[e], cfg, cfg.seed * 100_000 + it * 1000 + k * 10, progress)
-            logp = _log_probs(policy, got, lang, cfg.tpo.window)
-            r_ext = [stage_report(costs[e], t.keypoints).r_ext for t in got]
-            scores = [gcpg_score(float(lp), r, t.success, cfg.weights) for lp, r, t in zip(logp, r_ext, got)]
-            groups = [t.start for t in got] if cfg.samples_per_start > 1 else None
-            task_pairs = preference_pairs(scores, cfg.pairs_per_task, groups)
+            task_pairs, samples[e] = _score_and_pair(policy, got, lang, costs[e], cfg)
             pairs += [(len(trajs) + w, len(trajs) + lo) for w, lo in task_pairs]
-            samples[e] = {"success_rate": float(np.mean([t.success for t in got])),
-                          "mean_length": float(np.mean([t.length for t in got])), "mean_r_ext": float(np.mean(r_ext)),
-                          "mean_score": float(np.mean(scores)), "pairs": len(task_pairs),
-                          "winner_success": float(np.mean([got[w].success for w, _ in task_pairs])) if task_pairs else None,
-                          "loser_success": float(np.mean([got[lo].success for _, lo in task_pairs])) if task_pairs else None}
             trajs += got
-        tpo = _train_tpo(policy, reference, params, trajs, pairs, lang, cfg.tpo, rng, run, it) if pairs else {}
+        tpo = _train_tpo(policy, reference, params, trajs, pairs, lang, cfg.tpo, rng, run,
+                         counters["tpo_steps"] + it) if pairs else {"steps": 0}
+        counters["tpo_steps"] += tpo["steps"]
         row = evaluate(f"{it + 1}", videos=cfg.video_episodes if it + 1 == cfg.iterations else 0)
         row.update(samples=samples, tpo=tpo, pairs=len(pairs), seconds=time.perf_counter() - t0)
         counters["history"].append(row)
         counters["iteration"] = it + 1
         counters["wall_seconds"] += time.perf_counter() - t_start
         t_start = time.perf_counter()
-        run.save(it + 1, {"policy": policy}, None, counters, {"rng": rng})
-        _log_eval(run, it + 1, row)
+        clock = counters["tpo_steps"] + it + 1
+        run.save(clock, {"policy": policy}, None, counters, {"rng": rng})
+        _log_eval(run, clock, row)
         if progress:
             print(json.dumps({"iteration": it + 1, "mean_success": row["mean_success_rate"], "pairs": len(pairs),
                               **{k: v for k, v in tpo.items() if k.endswith("_last")}}), flush=True)
@@ -307,6 +304,22 @@ def _sample(policy: VLAPolicy, lang: torch.Tensor, env: str, options: dict[str, 
     return out
 
 
+def _score_and_pair(policy: VLAPolicy, got: list[Trajectory], lang: dict[str, torch.Tensor], costs: TaskCosts,
+                    cfg: GRAPEConfig) -> tuple[list[tuple[int, int]], dict[str, Any]]:
+    """GCPG scores of one task's sampled trajectories, their (winner, loser) pairs, and figures."""
+    logp = _log_probs(policy, got, lang, cfg.tpo.window)
+    r_ext = [stage_report(costs, t.keypoints).r_ext for t in got]
+    scores = [gcpg_score(float(lp), r, t.success, cfg.weights) for lp, r, t in zip(logp, r_ext, got)]
+    groups = [t.start for t in got] if cfg.samples_per_start > 1 else None
+    pairs = preference_pairs(scores, cfg.pairs_per_task, groups)
+    stats = {"success_rate": float(np.mean([t.success for t in got])),
+             "mean_length": float(np.mean([t.length for t in got])), "mean_r_ext": float(np.mean(r_ext)),
+             "mean_log_prob": float(logp.mean()), "mean_score": float(np.mean(scores)), "pairs": len(pairs),
+             "winner_success": float(np.mean([got[w].success for w, _ in pairs])) if pairs else None,
+             "loser_success": float(np.mean([got[lo].success for _, lo in pairs])) if pairs else None}
+    return pairs, stats
+
+
 def _step_log_prob(policy: VLAPolicy, trajs: list[Trajectory], lang: dict[str, torch.Tensor]):
     """log π(a_t | o_t) of trajectory j's steps [s, e), recomputed from the recorded tokens."""
     def fn(j: int, s: int, e: int) -> torch.Tensor:
@@ -324,7 +337,7 @@ def _log_probs(policy: VLAPolicy, trajs: list[Trajectory], lang: dict[str, torch
 
 def _train_tpo(policy: VLAPolicy, reference: VLAPolicy | None, params: list[torch.nn.Parameter],
                trajs: list[Trajectory], pairs: list[tuple[int, int]], lang: dict[str, torch.Tensor],
-               cfg: TPOConfig, rng: np.random.Generator, run: Run, it: int) -> dict[str, float]:
+               cfg: TPOConfig, rng: np.random.Generator, run: Run, step0: int) -> dict[str, float]:
     """``cfg.epochs`` passes of TPO over the iteration's pairs, in minibatches of pairs."""
     ref = _log_probs(reference if reference is not None else policy, trajs, lang, cfg.window)
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -338,7 +351,7 @@ def _train_tpo(policy: VLAPolicy, reference: VLAPolicy | None, params: list[torc
             history.append(tpo_step(step_lp, lengths, batch, ref, params, opt, cfg))
     policy.zero_grad(set_to_none=True)
     for i, h in enumerate(history):
-        run.log(it * 10_000 + i + 1, **{f"tpo/{k}": v for k, v in h.items()})
+        run.log(step0 + i + 1, **{f"tpo/{k}": v for k, v in h.items()})
     keys = history[0].keys()
     first, last = history[: max(1, len(history) // 4)], history[-max(1, len(history) // 4):]
     return {"steps": len(history),
