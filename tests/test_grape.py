@@ -84,7 +84,7 @@ def test_tpo_learns_to_prefer_the_winning_behaviour():
             return float((net(test_states).argmax(-1) == 3).float().mean())
 
     before = argmax_rate()
-    cfg = TPOConfig(beta=0.1, window=4, grad_clip=10.0)
+    cfg = TPOConfig(beta=0.1, window=4, grad_clip=10.0, sft_weight=0.0)  # pure TPO: the rule alone
     for _ in range(6):
         obs = [torch.randn(10, 4, generator=g) for _ in range(16)]
         with torch.no_grad():
@@ -424,3 +424,20 @@ def test_grape_errors_are_named(toy_sft, tmp_path):
     with pytest.raises(VlarlError, match="tasks"):
         train_grape(_grape_cfg(toy_sft["tokens"], tmp_path / "d", tasks=["metaworld/drawer-open"]), progress=False)
     assert not (tmp_path / "b").exists()  # checked before a run directory is made
+
+
+def test_sampling_temperature():
+    from vlarl.models.policy import PolicyConfig, VLAPolicy
+    from vlarl.recipes.grape import act
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig(encoder="conv", dim=32, layers=1, head="tokens"), ["top"], 32, 2, 2)
+    feats = torch.randn(64, 32)
+    mode = act(policy, feats, sample=False)
+    cold = act(policy, feats, sample=True, temperature=1e-4)  # all mass on the argmax token
+    assert torch.equal(cold, mode)
+    hot = torch.stack([act(policy, feats, sample=True, temperature=5.0) for _ in range(4)])
+    assert (hot != mode).float().mean() > 0.9  # a near-uniform random head: almost never the mode
+    det = VLAPolicy(PolicyConfig(encoder="conv", dim=32, layers=1), ["top"], 32, 2, 2)
+    with pytest.raises(VlarlError, match="temperature"):
+        act(det, feats, sample=True, temperature=0.5)

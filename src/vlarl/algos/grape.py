@@ -38,12 +38,15 @@ class GCPGWeights:
 @dataclass
 class TPOConfig:
     beta: float = 0.1
-    lr: float = 1e-4
-    epochs: int = 4  # passes over the iteration's pairs
+    lr: float = 1e-5  # a trajectory's log π sums hundreds of tokens: larger steps move it by hundreds of nats
+    epochs: int = 10  # passes over the iteration's pairs
     batch_pairs: int = 8
     window: int = 64  # steps per forward/backward window
     reference: str = "iteration"  # "iteration": the policy that sampled the pairs; "sft": the start policy
-    sft_weight: float = 0.0  # optional NLL of the winners per step (0: pure TPO)
+    # NLL of the winners per step beside TPO (0: the paper's pure loss). Pure TPO lowered the
+    # winners' log-likelihood too (by 1.6 nats a step in 10 epochs on Meta-World), the known
+    # failure of DPO-style losses; the NLL term keeps the winners' rising.
+    sft_weight: float = 1.0
     grad_clip: float = 1.0
 
 

@@ -45,9 +45,10 @@ class GRAPEConfig:
     sft_run: str | None = None  # start from this finished SFT run instead of training stage 0
     tasks: list[str] = field(default_factory=list)  # env names; default: every task of the SFT data
     iterations: int = 3
-    samples_per_task: int = 16  # K trajectories sampled per task and iteration
+    samples_per_task: int = 32  # K trajectories sampled per task and iteration
     samples_per_start: int = 1  # >1: the K trajectories come in groups from one start state, paired inside groups
-    pairs_per_task: int = 4  # m: top-m paired with bottom-m (per group when samples_per_start > 1)
+    temperature: float = 1.0  # sampling temperature (token logits / T; Gaussian std x T); scores use T = 1
+    pairs_per_task: int = 8  # m: top-m paired with bottom-m (per group when samples_per_start > 1)
     weights: GCPGWeights = field(default_factory=GCPGWeights)
     tpo: TPOConfig = field(default_factory=TPOConfig)
     objective: str = "task"  # "task", "safety" (keep-out zone) or "efficiency" (fewer steps)
@@ -82,7 +83,7 @@ class Trajectory:
 
 def rollouts(policy: VLAPolicy, lang: torch.Tensor, env_name: str, options: dict[str, Any], episodes: int,
              num_envs: int, seed: int, sample: bool, record: bool = False, video_path: Path | None = None,
-             progress: bool = True) -> list[Trajectory]:
+             progress: bool = True, temperature: float = 1.0) -> list[Trajectory]:
     """``episodes`` episodes of ``policy`` (deterministic unless ``sample``), each worker a fixed
     share (worker i: episodes i, i + n, ...), so the start states depend on ``seed`` alone."""
     from vlarl.envs import make_vec
@@ -108,7 +109,7 @@ def rollouts(policy: VLAPolicy, lang: torch.Tensor, env_name: str, options: dict
             with torch.no_grad():
                 tokens = policy.encode_images(pixels)
                 feats = policy.features(tokens, state, lang.expand(n, -1))
-                action = policy.head(feats, deterministic=not sample)[:, 0]
+                action = act(policy, feats, sample, temperature)
             for i in range(n):
                 bufs[i]["state"].append(state[i].cpu())
                 bufs[i]["actions"].append(action[i].cpu())
@@ -134,6 +135,20 @@ def rollouts(policy: VLAPolicy, lang: torch.Tensor, env_name: str, options: dict
 
         write_video(frames, video_path, fps=20)
     return out
+
+
+def act(policy: VLAPolicy, feats: torch.Tensor, sample: bool, temperature: float = 1.0) -> torch.Tensor:
+    """The first action of the head's chunk: its mode, or a sample at ``temperature``."""
+    head = policy.head
+    if not sample or temperature == 1.0:
+        return head(feats, deterministic=not sample)[:, 0]
+    if hasattr(head, "logits"):  # tokens
+        tokens = torch.distributions.Categorical(logits=head.logits(feats) / temperature).sample()
+        return head.detokenize(tokens)[:, 0]
+    if hasattr(head, "distribution"):  # tanh-Gaussian
+        mu, log_std = head.distribution(feats)
+        return torch.tanh(mu + temperature * log_std.exp() * torch.randn_like(mu))[:, 0]
+    raise VlarlError(f"head {policy.cfg.head!r} cannot be sampled at a temperature")
 
 
 def _new_buffer(env_name: str, privileged: np.ndarray) -> dict[str, Any]:
@@ -198,6 +213,8 @@ def _check(cfg: GRAPEConfig) -> None:
         raise VlarlError("objective 'safety' needs keep_out: {low: [x, y, z], high: [x, y, z]}")
     if cfg.tpo.reference not in ("iteration", "sft"):
         raise VlarlError(unknown("tpo.reference", cfg.tpo.reference, ("iteration", "sft")))
+    if cfg.temperature <= 0:
+        raise VlarlError(f"temperature must be > 0, got {cfg.temperature}")
     if cfg.samples_per_task < 2:
         raise VlarlError(f"samples_per_task must be >= 2 to form a pair, got {cfg.samples_per_task}")
     if cfg.samples_per_start < 1 or cfg.samples_per_task % cfg.samples_per_start:
@@ -300,7 +317,7 @@ def _sample(policy: VLAPolicy, lang: torch.Tensor, env: str, options: dict[str, 
     out = []
     for _ in range(cfg.samples_per_start):
         out += rollouts(policy, lang, env, options, starts, cfg.sample_envs, seed, sample=True, record=True,
-                        progress=progress)
+                        progress=progress, temperature=cfg.temperature)
     return out
 
 
