@@ -63,7 +63,7 @@ def sft_dir(a: argparse.Namespace) -> Path:
 def run(a: argparse.Namespace) -> None:
     import torch
 
-    from vlarl.algos.grape import TPOConfig
+    from vlarl.algos.grape import GCPGWeights, TPOConfig
     from vlarl.envs.stage_costs import KeepOutZone
     from vlarl.recipes.grape import GRAPEConfig, train_grape
     from vlarl.runtime import Run
@@ -75,6 +75,7 @@ def run(a: argparse.Namespace) -> None:
     cfg = GRAPEConfig(sft_run=str(sft), tasks=[f"metaworld/{t}" for t in tasks], iterations=a.iterations,
                       samples_per_task=a.samples, samples_per_start=a.samples_per_start, pairs_per_task=a.pairs,
                       tpo=TPOConfig(lr=a.lr, epochs=a.epochs, batch_pairs=a.batch_pairs, sft_weight=a.sft_weight),
+                      weights=GCPGWeights(ext_weight=a.ext_weight), temperature=a.temperature,
                       objective=a.run, keep_out=KeepOutZone(**KEEP_OUT), eval_episodes=a.eval_episodes, eval_envs=2,
                       sample_envs=2, video_episodes=1, seed=a.seed, run_dir=str(run_dir))
     if (run_dir / "results.json").exists():
@@ -84,10 +85,17 @@ def run(a: argparse.Namespace) -> None:
 
 
 def report(a: argparse.Namespace) -> None:
+    from vlarl.recipes.grape import GRAPEConfig
+    from vlarl.runtime import load_config
+
     runs = {}
     for d in sorted(Path(a.work).iterdir()):
         if (d / "results.json").exists() and (d / "config.yaml").exists() and not d.name.startswith("sft"):
             runs[d.name] = json.loads((d / "results.json").read_text())
+            c = load_config(GRAPEConfig, d / "config.yaml")
+            runs[d.name]["settings"] = {"samples_per_task": c.samples_per_task, "pairs_per_task": c.pairs_per_task,
+                                        "tpo_lr": c.tpo.lr, "tpo_epochs": c.tpo.epochs, "sft_weight": c.tpo.sft_weight,
+                                        "ext_weight": c.weights.ext_weight, "temperature": c.temperature}
     if "task" not in runs:
         raise SystemExit("no finished 'task' run yet")
     task = runs["task"]
@@ -101,9 +109,7 @@ def report(a: argparse.Namespace) -> None:
         "runs": runs,
     }
     align = {}
-    for name in ("safety", "efficiency"):
-        if name not in runs:
-            continue
+    for name in sorted(n for n in runs if n.startswith(("safety", "efficiency"))):
         r = runs[name]
         first, last = r["iterations"][0], r["iterations"][-1]
         envs = list(first["per_task"])
@@ -152,7 +158,8 @@ def markdown(out: dict) -> str:
                                               for h in hist) + " |")
     lines.append("| **mean success** | " + " | ".join(f"**{h['mean_success_rate']:.2f}**" for h in hist) + " |")
     lines.append("| mean length | " + " | ".join(f"{h['mean_length']:.1f}" for h in hist) + " |")
-    lines += ["", f"Mean success gain over SFT after {len(hist) - 1} iterations: **{out['mean_success_gain']:+.2f}** "
+    lines += ["", f"Settings: {_settings(task)}.", "",
+              f"Mean success gain over SFT after {len(hist) - 1} iterations: **{out['mean_success_gain']:+.2f}** "
               f"(target >= {out['target_gain']}).", ""]
     lines.append("Sampled trajectories per iteration (success of the samples, pairs, TPO loss first -> last step):")
     lines.append("")
@@ -164,8 +171,14 @@ def markdown(out: dict) -> str:
                      f"TPO loss {tpo.get('tpo_loss_first', float('nan')):.3f} -> {tpo.get('tpo_loss_last', float('nan')):.3f}, "
                      f"pair accuracy {tpo.get('pair_accuracy_first', float('nan')):.2f} -> "
                      f"{tpo.get('pair_accuracy_last', float('nan')):.2f}, {h['seconds'] / 60:.1f} min")
+    variants = {n: r for n, r in out["runs"].items() if n.startswith("task-")}
+    if variants:
+        lines += ["", "Other settings of the same run (mean success per iteration, SFT first):", ""]
+        for n, r in variants.items():
+            lines.append(f"- `{n}` ({_settings(r)}): " + " -> ".join(f"{x:.2f}" for x in r["success_per_iteration"])
+                         + f"; gain {r['mean_success_gain']:+.2f}")
     for name, al in out.get("alignment", {}).items():
-        lines += ["", f"## Alignment: {name} ({', '.join(al['tasks'])})", "",
+        lines += ["", f"## Alignment: {name} ({', '.join(al['tasks'])}; {_settings(out['runs'][name])})", "",
                   "| policy | success | mean length | length of successes | keep-out violation rate | steps in zone |",
                   "|---|---|---|---|---|---|"]
         for label, key in (("SFT", "sft"), ("GRAPE, objective task", "task_objective"), (f"GRAPE, objective {name}", "aligned")):
@@ -188,6 +201,12 @@ def markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _settings(results: dict) -> str:
+    s = results["settings"]
+    return (f"K {s['samples_per_task']}, m {s['pairs_per_task']}, TPO lr {s['tpo_lr']:g} x {s['tpo_epochs']} epochs, "
+            f"winner NLL weight {s['sft_weight']:g}, λ2 {s['ext_weight']:g}, temperature {s['temperature']:g}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run", choices=["task", "safety", "efficiency"])
@@ -202,6 +221,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-pairs", type=int, default=8)
     p.add_argument("--sft-weight", type=float, default=1.0)
+    p.add_argument("--ext-weight", type=float, default=1.0, help="λ2, the weight of R_ext in the GCPG score")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--eval-episodes", type=int, default=30)
     p.add_argument("--align-tasks", nargs="+", default=["drawer-open", "window-close"])
     p.add_argument("--variant", default="", help="suffix of the run directory")
