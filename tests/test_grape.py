@@ -385,6 +385,11 @@ def test_rollouts_with_one_seed_share_start_states(toy_sft):
     # sampled actions are exactly representable as tokens: re-scoring them is exact
     tok = policy.head.tokenize(t.actions)
     assert torch.equal(policy.head.detokenize(tok), t.actions)
+    # the recorded tokens are what the policy acted on: its argmax from them is the recorded action
+    t = rollouts(policy, lang, "toy/reach", task["options"], 2, 2, seed=5, sample=False, record=True, progress=False)[0]
+    with torch.no_grad():
+        again = policy.head(policy.features(t.tokens, t.state, lang.expand(len(t.state), -1)))[:, 0]
+    assert torch.equal(again, t.actions)
 
 
 def test_grape_recipe_runs_resumes_and_reports(toy_sft, tmp_path):

@@ -108,13 +108,15 @@ def rollouts(policy: VLAPolicy, lang: torch.Tensor, env_name: str, options: dict
             state = torch.as_tensor(np.asarray(obs["state"], np.float32), device=device)
             with torch.no_grad():
                 tokens = policy.encode_images(pixels)
+                if record:  # kept in float16: act on exactly what TPO will re-score
+                    tokens = tokens.half()
                 feats = policy.features(tokens, state, lang.expand(n, -1))
                 action = act(policy, feats, sample, temperature)
             for i in range(n):
                 bufs[i]["state"].append(state[i].cpu())
                 bufs[i]["actions"].append(action[i].cpu())
                 if record:
-                    bufs[i]["tokens"].append(tokens[i].half().cpu())
+                    bufs[i]["tokens"].append(tokens[i].cpu())
             obs, _, term, trunc, info = vec.step(action.cpu().numpy())
             done = term | trunc
             for i in range(n):
