@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     _recipe_args(grape, "YAML recipe, e.g. configs/grape-metaworld.yaml", "continue the run in RUN_DIR with the next "
                  "iteration", "iterations=3 objective=efficiency tpo.beta=0.1")
 
+    rldg = train_sub.add_parser("rldg", help="RLDG: RL specialists per task, their successful episodes distilled "
+                                "into a generalist VLA (compared with demos and a mix)")
+    _recipe_args(rldg, "YAML recipe, e.g. configs/rldg-metaworld.yaml", "continue the run in RUN_DIR from its "
+                 "unfinished stage", "generalists=rl:45,demos:300 specialist=hil-serl")
     rc = sub.add_parser("reward-classifier", help="binary image success classifiers (HIL-SERL's reward)")
     rc_sub = rc.add_subparsers(dest="rc_command", required=True)
     rct = rc_sub.add_parser("train", help="train from labelled episodes; reports held-out precision/recall")
@@ -111,6 +115,7 @@ _TRAINERS = {
     "conrft": ("vlarl.recipes.conrft", "ConRFTRecipeConfig", "train_conrft", ("evals", "episodes", "events")),
     "ire-vla": ("vlarl.recipes.ire_vla", "IReVLAConfig", "train_ire_vla", ("stages", "freeze_checks")),
     "grape": ("vlarl.recipes.grape", "GRAPEConfig", "train_grape", ("iterations",)),
+    "rldg": ("vlarl.recipes.rldg", "RLDGConfig", "train_rldg", ("specialists", "data", "generalists")),
 }
 
 

@@ -75,6 +75,10 @@ class VlarlEnv(gym.Env):
         """Full low-dimensional simulator state (object and goal positions included)."""
         raise NotImplementedError
 
+    def proprio(self) -> np.ndarray:
+        """The robot's own state: what ``state`` holds in ``pixels`` mode, whatever the obs_mode."""
+        raise NotImplementedError
+
     # --- gymnasium API ------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -84,7 +84,10 @@ class MetaWorldEnv(MujocoEnv):
         return float(reward), success, {}
 
     def _state(self) -> np.ndarray:
-        return self._raw_obs[:PROPRIO_DIM] if self.obs_mode == "pixels" else self._raw_obs
+        return self.proprio() if self.obs_mode == "pixels" else self._raw_obs
+
+    def proprio(self) -> np.ndarray:
+        return self._raw_obs[:PROPRIO_DIM].astype(np.float32)
 
     def expert_action(self) -> np.ndarray:
         with warnings.catch_warnings():  # Meta-World's policies warn that they saturate; we clip

@@ -100,7 +100,7 @@ class PandaPickCubeEnv(MujocoEnv):
         hil = self._hil
         return float(hil.data.ctrl[hil._gripper_ctrl_id] / 255.0)
 
-    def _proprio(self) -> np.ndarray:
+    def proprio(self) -> np.ndarray:
         hil = self._hil
         qpos = hil.data.qpos[hil._panda_dof_ids]
         qvel = hil.data.qvel[hil._panda_dof_ids]
@@ -108,8 +108,8 @@ class PandaPickCubeEnv(MujocoEnv):
 
     def _state(self) -> np.ndarray:
         if self.obs_mode == "pixels":
-            return self._proprio()
-        return np.concatenate([self._proprio(), self._block().astype(np.float32)])
+            return self.proprio()
+        return np.concatenate([self.proprio(), self._block().astype(np.float32)])
 
     # --- expert -------------------------------------------------------------------------
     def expert_action(self) -> np.ndarray:
@@ -143,7 +143,7 @@ class PandaPickCubeEnv(MujocoEnv):
         return (tcp,) if self.obs_mode == "pixels" else (tcp, slice(PROPRIO_DIM, PROPRIO_DIM + 3))
 
     def privileged_state(self) -> np.ndarray:
-        return np.concatenate([self._proprio(), self._block().astype(np.float32)])
+        return np.concatenate([self.proprio(), self._block().astype(np.float32)])
 
     @property
     def spec_name(self) -> str:

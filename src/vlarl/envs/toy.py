@@ -69,8 +69,11 @@ class ToyReachEnv(VlarlEnv):
 
     def _state(self) -> np.ndarray:
         if self.obs_mode == "pixels":
-            return self.agent.copy()
+            return self.proprio()
         return np.concatenate([self.agent, self.goal])
+
+    def proprio(self) -> np.ndarray:
+        return self.agent.astype(np.float32)
 
     def _render_cameras(self) -> dict[str, np.ndarray]:
         img = np.full((self.image_size, self.image_size, 3), BACKGROUND, np.uint8)

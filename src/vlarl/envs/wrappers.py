@@ -148,3 +148,39 @@ class PrivilegedInfo(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["privileged_state"] = self.env.unwrapped.privileged_state()
         return obs, reward, terminated, truncated, info
+
+
+class PixelsRecorder(gym.Wrapper):
+    """Records each episode as a ``pixels``-mode env would show it (proprio ``state`` and every
+    camera's image), whatever the wrapped env's obs_mode, with the actions the env executed.
+
+    Put it innermost: a policy acting from state (an RL specialist, a scripted expert) then
+    leaves a dataset a pixel policy can learn from. ``episode()`` returns the arrays of the
+    episode so far, in the dataset layout.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._recorder: Any = None
+
+    def _view(self) -> dict[str, Any]:
+        base = self.env.unwrapped
+        return {"state": base.proprio(), "pixels": base.render_cameras()}
+
+    def reset(self, **kwargs):
+        from vlarl.data.episodes import EpisodeRecorder
+
+        obs, info = self.env.reset(**kwargs)
+        self._recorder = EpisodeRecorder(self._view())
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        executed = np.clip(np.asarray(action, np.float32), -1.0, 1.0)  # what the base env ran
+        self._recorder.add(executed, reward, self._view(), terminated, truncated, bool(info.get("is_success", False)))
+        return obs, reward, terminated, truncated, info
+
+    def episode(self) -> dict[str, np.ndarray]:
+        if self._recorder is None:
+            raise VlarlError("PixelsRecorder: no episode yet (call reset first)")
+        return self._recorder.arrays()

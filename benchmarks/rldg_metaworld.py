@@ -1,0 +1,137 @@
+"""RLDG on Meta-World: a generalist VLA trained on RL specialists' successful episodes vs on
+scripted demos, at equal episode counts and at an unequal budget (45 RL episodes vs 300 demos).
+
+    python benchmarks/rldg_metaworld.py --stage specialist --task metaworld/drawer-close   # one per task, in parallel
+    python benchmarks/rldg_metaworld.py --stage data --task metaworld/drawer-close         # RL data + demos of a task
+    python benchmarks/rldg_metaworld.py --stage generalist --generalist rl:45              # one SFT comparison
+    python benchmarks/rldg_metaworld.py --stage all                                        # `vlarl train rldg` itself
+
+Every stage writes where the recipe (``vlarl.recipes.rldg``) looks for it, so the last command
+runs the recipe end to end and finds finished stages done; the stages exist only so the
+parallel parts can run side by side on a small machine. Then ``--report`` writes
+benchmarks/results/rldg.json and rldg.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+
+from vlarl.algos.sac import SACConfig  # noqa: E402
+from vlarl.recipes.collect import EnvConfig  # noqa: E402
+from vlarl.recipes.rldg import (RLDGConfig, _slug, demo_data, episodes_per_source, generalist_datasets,  # noqa: E402
+                                load_specialist, parse_generalist, rl_data, train_rldg, train_specialist)
+from vlarl.recipes.rlpd import RLPDConfig  # noqa: E402
+from vlarl.recipes.sft import SFTConfig  # noqa: E402
+
+TASKS = ["metaworld/drawer-close", "metaworld/handle-press", "metaworld/reach"]
+GENERALISTS = ["rl:5", "demos:5", "rl:15", "demos:15", "rl:45", "demos:45", "demos:300", "mix:45"]
+RESULTS = Path(__file__).parent / "results"
+
+
+def config(work: Path, args: argparse.Namespace) -> RLDGConfig:
+    # Specialists from state on Meta-World's dense reward, scaled by 0.1 (rewards up to 10 a step
+    # learn slowly through LayerNorm critics); episodes run their full length while training
+    # (success = any step), and end at success when rolled out for data.
+    rlpd = RLPDConfig(env=EnvConfig(obs_mode="state", episode_length=150, options={"terminate_on_success": False}),
+                      sac=SACConfig(ensemble=2, subset=2, utd=args.utd, batch_size=256, reward_scale=0.1),
+                      steps=args.specialist_steps, eval_every=2500, eval_episodes=20, eval_envs=1, save_every=2500,
+                      save_buffer=False)
+    return RLDGConfig(tasks=TASKS, specialist="rlpd", rlpd=rlpd, specialist_demos=10,
+                      data_env=EnvConfig(name="", obs_mode="pixels", image_size=84, cameras=["corner"],
+                                         episode_length=150),
+                      demo_noise=0.1, generalists=GENERALISTS,
+                      sft=SFTConfig(steps=args.sft_steps, batch_size=128, lr=3e-4, video_episodes=1),
+                      eval_episodes=args.eval_episodes, eval_envs=2, seed=0, run_dir=str(work))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["specialist", "data", "generalist", "all"], default="all")
+    p.add_argument("--task", help="for --stage specialist / data")
+    p.add_argument("--generalist", help="for --stage generalist, e.g. rl:45")
+    p.add_argument("--specialist-steps", type=int, default=20_000)
+    p.add_argument("--utd", type=int, default=2)
+    p.add_argument("--sft-steps", type=int, default=1500)
+    p.add_argument("--eval-episodes", type=int, default=30)
+    p.add_argument("--work", default="runs/bench_rldg/run")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)  # stages run side by side on a 2-core machine
+    work = Path(args.work)
+    cfg = config(work, args)
+    if args.report:
+        return report(work, cfg, args)
+    if args.stage == "specialist":
+        train_specialist(cfg, args.task, work / "specialists")
+    elif args.stage == "data":
+        need = episodes_per_source(cfg.generalists)
+        spec = load_specialist(work / "specialists" / _slug(args.task), cfg.specialist, cfg.data_env)
+        print(args.task, "rl", rl_data(cfg, args.task, spec, work / "data" / "rl" / _slug(args.task), need["rl"]))
+        print(args.task, "demos", demo_data(cfg, args.task, work / "data" / "demos" / _slug(args.task), need["demos"]))
+    elif args.stage == "generalist":
+        from vlarl.recipes.sft import train_sft
+
+        kind, n = parse_generalist(args.generalist)
+        rl = [str(work / "data" / "rl" / _slug(t)) for t in cfg.tasks]
+        demos = [str(work / "data" / "demos" / _slug(t)) for t in cfg.tasks]
+        datasets, limits = generalist_datasets(kind, n, rl, demos)
+        sub = work / "generalists" / args.generalist.replace(":", "-")
+        train_sft(replace(cfg.sft, datasets=datasets, episodes_per_dataset=limits, seed=cfg.seed, device=cfg.device,
+                          eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs, run_dir=str(sub)))
+    else:
+        from vlarl.runtime import Run
+
+        resume = Run.resume(work, RLDGConfig, config=cfg) if (work / "config.yaml").exists() else None
+        train_rldg(None if resume else cfg, resume=resume)
+
+
+def report(work: Path, cfg: RLDGConfig, args: argparse.Namespace) -> None:
+    results = json.loads((work / "results.json").read_text())
+    doc = {"command": "python benchmarks/rldg_metaworld.py (stages, then --stage all, then --report)",
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+           "tasks": cfg.tasks, "specialist": {"recipe": cfg.specialist, "steps": cfg.rlpd.steps, "utd": cfg.rlpd.sac.utd},
+           "sft_steps": cfg.sft.steps, "eval_episodes": cfg.eval_episodes, "date": time.strftime("%Y-%m-%d"),
+           **{k: results[k] for k in ("rl_data", "demo_data", "mix_data", "specialists", "data")}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "rldg.json").write_text(json.dumps(doc, indent=2))
+    (RESULTS / "rldg.md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+def markdown(doc: dict) -> str:
+    lines = ["# RLDG on Meta-World: generalist on RL-specialist data vs on scripted demos", "",
+             f"{doc['machine']}. Tasks: {', '.join(doc['tasks'])}. Specialists: {doc['specialist']['recipe']} from "
+             f"state, {doc['specialist']['steps']} env steps each (UTD {doc['specialist']['utd']}); generalist: the "
+             f"Step 2 VLA (frozen EfficientNet-Lite0, corner camera 84 px), SFT {doc['sft_steps']} steps; "
+             f"{doc['eval_episodes']} evaluation episodes per task on the same start states.", "",
+             "| data | episodes per task | mean success | mean episode length | per task (success / length) |",
+             "|---|---|---|---|---|"]
+    for key, label in (("rl_data", "RL specialists"), ("demo_data", "scripted demos"), ("mix_data", "mix")):
+        for n, r in sorted(doc[key].items(), key=lambda kv: int(kv[0])):
+            per = ", ".join(f"{t.split('/')[-1]} {v['success']:.2f} / {v['episode_length']:.0f}"
+                            for t, v in r["per_task"].items())
+            lines.append(f"| {label} | {n} | {r['success']:.2f} | {r['episode_length']:.1f} | {per} |")
+    lines += ["", "Data (successful episodes only):", "", "| task | source | episodes | attempts | success rate | "
+              "mean length |", "|---|---|---|---|---|---|"]
+    for task, row in doc["data"].items():
+        for source, d in row.items():
+            lines.append(f"| {task} | {source} | {d['episodes']} | {d['attempts']} | {d['success_rate']:.2f} | "
+                         f"{d['mean_length']:.1f} |")
+    lines += ["", "Specialists (their own evaluation, episodes run the full 150 steps, success at any step):", ""]
+    for task, s in doc["specialists"].items():
+        lines.append(f"- {task}: success {s.get('success')} after {s.get('env_steps')} env steps")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
