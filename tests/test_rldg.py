@@ -178,3 +178,24 @@ def test_rldg_end_to_end_on_the_toy_env(tmp_path):
     # Resuming a finished run redoes nothing and gives the same figures.
     again = train_rldg(resume=Run.resume(root, RLDGConfig), progress=False)
     assert again["rl_data"] == results["rl_data"] and again["demo_data"] == results["demo_data"]
+
+
+def test_recorder_under_an_end_effector_frame_records_world_actions(close_after):
+    from vlarl.envs.wrappers import PixelsRecorder
+    from vlarl.recipes.hil_serl import HILSERLConfig, _insert_innermost, make_env
+
+    cfg = HILSERLConfig(env=EnvConfig(name="panda/pick-cube", obs_mode="state", image_size=32, episode_length=5),
+                        human="none", relative_frame=True)
+    env, _ = make_env(cfg, 0, training=False)
+    env = _insert_innermost(env, PixelsRecorder)
+    close_after(env)
+    obs, _ = env.reset(seed=4)
+    assert obs["state"].shape == (21,)  # the specialist still sees proprio + cube, in its own frame
+    action = np.array([0.5, -0.3, 0.2, 1.0], np.float32)
+    env.step(action)
+    ep = env.env.episode()
+    np.testing.assert_allclose(ep["action"][0], np.clip(env.to_world(action), -1, 1), atol=1e-6)
+    assert not np.allclose(env.to_world(action), action)  # the frame is not the identity here
+    assert ep["observation.state"].shape == (2, 18)  # proprio only, as a pixels-mode panda shows it
+    assert set(k for k in ep if k.startswith("observation.images.")) == {"observation.images.front",
+                                                                           "observation.images.wrist"}
