@@ -100,3 +100,29 @@ def test_mismatched_checkpoint_is_a_clear_error(toy_demos, tmp_path, capsys):
     assert main(["eval", str(run), "--episodes", "1"]) == 2
     err = capsys.readouterr().err
     assert "policy.safetensors: cannot load into policy" in err and "size mismatch" in err
+
+
+def test_sft_fine_tunes_a_finished_run_and_names_a_mismatch(toy_demos, tmp_path):
+    from vlarl.errors import VlarlError
+    from vlarl.recipes.sft import load_sft_policy
+
+    def cfg(name, **kw):
+        base = dict(datasets=[toy_demos], episodes_per_dataset=4, policy=PolicyConfig(encoder="conv", dim=32, layers=1),
+                    steps=5, batch_size=16, eval_episodes=1, eval_envs=1, video_episodes=0, save_every=5,
+                    run_dir=str(tmp_path / name))
+        return SFTConfig(**(base | kw))
+
+    train_sft(cfg("base", steps=20, lr=1e-3), progress=False)
+    # lr 0: the fine-tuned run must hold the base run's weights exactly (a fresh init would not)
+    train_sft(cfg("tuned", init_run=str(tmp_path / "base"), lr=0.0, weight_decay=0.0), progress=False)
+    fresh = train_sft(cfg("fresh", lr=0.0, weight_decay=0.0, seed=1), progress=False)
+    base, _ = load_sft_policy(tmp_path / "base", torch.device("cpu"))
+    tuned, _ = load_sft_policy(tmp_path / "tuned", torch.device("cpu"))
+    other, _ = load_sft_policy(tmp_path / "fresh", torch.device("cpu"))
+    for (name, a), b, c in zip(base.state_dict().items(), tuned.state_dict().values(), other.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert fresh["steps"] == 5 and any(not torch.equal(a, c) for a, c in zip(base.state_dict().values(),
+                                                                                 other.state_dict().values()))
+    with pytest.raises(VlarlError, match="init_run: .* has policy"):
+        train_sft(cfg("bad", init_run=str(tmp_path / "base"), policy=PolicyConfig(encoder="conv", dim=48, layers=1)),
+                  progress=False)

@@ -31,6 +31,7 @@ class SFTConfig:
     datasets: list[str] = field(default_factory=lambda: ["data/demos"])
     episodes_per_dataset: int | None = None  # the first N episodes of each (low-data runs)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    init_run: str | None = None  # fine-tune the policy of this finished SFT run (its spec must match)
     steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-4
@@ -162,7 +163,10 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     policy = VLAPolicy(cfg.policy, data.cameras, data.image_size, data.state_dim, data.action_dim).to(device)
     (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    counters = run.restore({"policy": policy}, {"opt": opt}, {"rng": rng}) or {"step": 0, "train_seconds": 0.0}
+    counters = run.restore({"policy": policy}, {"opt": opt}, {"rng": rng})
+    if counters is None and cfg.init_run:  # a new run fine-tuning a trained generalist
+        _load_init(policy, cfg.init_run, policy_spec(policy, data), device)
+    counters = counters or {"step": 0, "train_seconds": 0.0}
     if "shift_rng" in counters:
         gen.set_state(counters["shift_rng"])
     cached = cfg.cache_features and policy.encoder_frozen
@@ -226,6 +230,17 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     plot_training(run.path)
     run.close()
     return results
+
+
+def _load_init(policy: VLAPolicy, init_run: str, spec: dict[str, Any], device: torch.device) -> None:
+    """Copy the weights of a finished SFT run into ``policy``; the two must be the same model."""
+    trained, trained_spec = load_sft_policy(Path(init_run), device)
+    spec = json.loads(json.dumps(spec))  # tuples as lists, as the saved spec holds them
+    for key in ("policy", "cameras", "image_size", "state_dim", "action_dim"):
+        if trained_spec[key] != spec[key]:
+            raise VlarlError(f"init_run: {init_run} has {key} {trained_spec[key]!r}; this run's data and config "
+                             f"give {spec[key]!r}")
+    policy.load_state_dict(trained.state_dict())
 
 
 def _cache_speedup(train_step, n: int, batch: int, gen: torch.Generator, steps: int = 8) -> dict[str, float]:
