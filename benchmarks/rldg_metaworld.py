@@ -8,8 +8,11 @@ scripted demos, at equal episode counts and at an unequal budget (45 RL episodes
 
 Every stage writes where the recipe (``vlarl.recipes.rldg``) looks for it, so the last command
 runs the recipe end to end and finds finished stages done; the stages exist only so the
-parallel parts can run side by side on a small machine. Then ``--report`` writes
-benchmarks/results/rldg.json and rldg.md.
+parallel parts can run side by side on a small machine. ``--tasks`` and ``--work`` select
+another task set (its run may share the specialists and data folders of another run: same
+seeds, same settings). Then ``--report --work RUN [--work RUN ...]`` writes
+benchmarks/results/rldg.json (the first run's figures at the top level, every run under
+``runs``) and rldg.md.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def config(work: Path, args: argparse.Namespace) -> RLDGConfig:
                       sac=SACConfig(ensemble=2, subset=2, utd=args.utd, batch_size=256, reward_scale=0.1),
                       steps=args.specialist_steps, eval_every=2500, eval_episodes=20, eval_envs=1, save_every=2500,
                       save_buffer=False)
-    return RLDGConfig(tasks=TASKS, specialist="rlpd", rlpd=rlpd, specialist_demos=10,
+    return RLDGConfig(tasks=args.tasks, specialist="rlpd", rlpd=rlpd, specialist_demos=10,
                       data_env=EnvConfig(name="", obs_mode="pixels", image_size=84, cameras=["corner"],
                                          episode_length=150),
                       demo_noise=0.1, generalists=GENERALISTS,
@@ -63,14 +66,17 @@ def main() -> None:
     p.add_argument("--utd", type=int, default=2)
     p.add_argument("--sft-steps", type=int, default=1500)
     p.add_argument("--eval-episodes", type=int, default=30)
-    p.add_argument("--work", default="runs/bench_rldg/run")
+    p.add_argument("--tasks", nargs="+", default=TASKS)
+    p.add_argument("--work", action="append", help="run directory (default runs/bench_rldg/run); "
+                   "--report takes several")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)  # stages run side by side on a 2-core machine
-    work = Path(args.work)
-    cfg = config(work, args)
+    works = [Path(w) for w in (args.work or ["runs/bench_rldg/run"])]
     if args.report:
-        return report(work, cfg, args)
+        return report(works, args)
+    work = works[0]
+    cfg = config(work, args)
     if args.stage == "specialist":
         train_specialist(cfg, args.task, work / "specialists")
     elif args.stage == "data":
@@ -95,22 +101,31 @@ def main() -> None:
         train_rldg(None if resume else cfg, resume=resume)
 
 
-def report(work: Path, cfg: RLDGConfig, args: argparse.Namespace) -> None:
-    results = json.loads((work / "results.json").read_text())
+def report(works: list[Path], args: argparse.Namespace) -> None:
+    from vlarl.runtime import load_config
+
+    runs = []
+    for work in works:
+        cfg = load_config(RLDGConfig, work / "config.yaml")
+        results = json.loads((work / "results.json").read_text())
+        runs.append({"run": str(work), "tasks": cfg.tasks,
+                     "specialist": {"recipe": cfg.specialist, "steps": cfg.rlpd.steps, "utd": cfg.rlpd.sac.utd},
+                     "sft_steps": cfg.sft.steps, "eval_episodes": cfg.eval_episodes,
+                     **{k: results[k] for k in ("rl_data", "demo_data", "mix_data", "specialists", "data")}})
     doc = {"command": "python benchmarks/rldg_metaworld.py (stages, then --stage all, then --report)",
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-           "tasks": cfg.tasks, "specialist": {"recipe": cfg.specialist, "steps": cfg.rlpd.steps, "utd": cfg.rlpd.sac.utd},
-           "sft_steps": cfg.sft.steps, "eval_episodes": cfg.eval_episodes, "date": time.strftime("%Y-%m-%d"),
-           **{k: results[k] for k in ("rl_data", "demo_data", "mix_data", "specialists", "data")}}
+           "date": time.strftime("%Y-%m-%d"), **{k: runs[0][k] for k in ("tasks", "rl_data", "demo_data", "mix_data")},
+           "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rldg.json").write_text(json.dumps(doc, indent=2))
-    (RESULTS / "rldg.md").write_text(markdown(doc))
-    print(markdown(doc))
+    text = "\n".join(markdown(r, doc["machine"]) for r in runs)
+    (RESULTS / "rldg.md").write_text(text)
+    print(text)
 
 
-def markdown(doc: dict) -> str:
-    lines = ["# RLDG on Meta-World: generalist on RL-specialist data vs on scripted demos", "",
-             f"{doc['machine']}. Tasks: {', '.join(doc['tasks'])}. Specialists: {doc['specialist']['recipe']} from "
+def markdown(doc: dict, machine: str) -> str:
+    lines = [f"# RLDG on Meta-World ({len(doc['tasks'])} tasks): generalist on RL-specialist data vs on scripted demos",
+             "", f"{machine}. Run `{doc['run']}`. Tasks: {', '.join(doc['tasks'])}. Specialists: {doc['specialist']['recipe']} from "
              f"state, {doc['specialist']['steps']} env steps each (UTD {doc['specialist']['utd']}); generalist: the "
              f"Step 2 VLA (frozen EfficientNet-Lite0, corner camera 84 px), SFT {doc['sft_steps']} steps; "
              f"{doc['eval_episodes']} evaluation episodes per task on the same start states.", "",
@@ -121,6 +136,15 @@ def markdown(doc: dict) -> str:
             per = ", ".join(f"{t.split('/')[-1]} {v['success']:.2f} / {v['episode_length']:.0f}"
                             for t, v in r["per_task"].items())
             lines.append(f"| {label} | {n} | {r['success']:.2f} | {r['episode_length']:.1f} | {per} |")
+    lines += ["", "Target: the RL-data generalist matches or beats the demo-data one, with shorter episodes.", "",
+              "| RL episodes | demo episodes | success RL / demos | episode length RL / demos | met |", "|---|---|---|---|---|"]
+    pairs = [(n, n) for n in doc["rl_data"] if n in doc["demo_data"]]
+    pairs += [(n, m) for n in doc["rl_data"] for m in doc["demo_data"] if int(m) > int(n) and m not in doc["rl_data"]]
+    for n, m in sorted(pairs, key=lambda p: (int(p[1]), int(p[0]))):
+        rl, demo = doc["rl_data"][n], doc["demo_data"][m]
+        met = rl["success"] >= demo["success"] and rl["episode_length"] < demo["episode_length"]
+        lines.append(f"| {n} | {m} | {rl['success']:.2f} / {demo['success']:.2f} | "
+                     f"{rl['episode_length']:.1f} / {demo['episode_length']:.1f} | {'yes' if met else 'no'} |")
     lines += ["", "Data (successful episodes only):", "", "| task | source | episodes | attempts | success rate | "
               "mean length |", "|---|---|---|---|---|---|"]
     for task, row in doc["data"].items():
@@ -129,7 +153,7 @@ def markdown(doc: dict) -> str:
                          f"{d['mean_length']:.1f} |")
     lines += ["", "Specialists (their own evaluation, episodes run the full 150 steps, success at any step):", ""]
     for task, s in doc["specialists"].items():
-        lines.append(f"- {task}: success {s.get('success')} after {s.get('env_steps')} env steps")
+        lines.append(f"- {task}: success {s.get('success')} after {s.get('env_steps')} env steps (20 episodes)")
     return "\n".join(lines) + "\n"
 
 
