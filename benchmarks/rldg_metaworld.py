@@ -118,13 +118,20 @@ def report(works: list[Path], args: argparse.Namespace) -> None:
            "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rldg.json").write_text(json.dumps(doc, indent=2))
-    text = "\n".join(markdown(r, doc["machine"]) for r in runs)
+    header = ["# RLDG on Meta-World", "", "Produced by (each stage line once per task or comparison, run side by side):",
+              "", "```", "python benchmarks/rldg_metaworld.py --stage specialist --task TASK",
+              "python benchmarks/rldg_metaworld.py --stage data --task TASK",
+              "python benchmarks/rldg_metaworld.py --stage generalist --generalist rl:45   # and the others",
+              "python benchmarks/rldg_metaworld.py --stage all", "# the 4-task run: the same with --work runs/bench_rldg/run4 "
+              "--tasks ... (specialists and data folders shared)",
+              "python benchmarks/rldg_metaworld.py --report " + " ".join(f"--work {r['run']}" for r in runs), "```", ""]
+    text = "\n".join(header) + "\n" + "\n".join(markdown(r, doc["machine"]) for r in runs)
     (RESULTS / "rldg.md").write_text(text)
     print(text)
 
 
 def markdown(doc: dict, machine: str) -> str:
-    lines = [f"# RLDG on Meta-World ({len(doc['tasks'])} tasks): generalist on RL-specialist data vs on scripted demos",
+    lines = [f"## {len(doc['tasks'])} tasks: generalist on RL-specialist data vs on scripted demos",
              "", f"{machine}. Run `{doc['run']}`. Tasks: {', '.join(doc['tasks'])}. Specialists: {doc['specialist']['recipe']} from "
              f"state, {doc['specialist']['steps']} env steps each (UTD {doc['specialist']['utd']}); generalist: the "
              f"Step 2 VLA (frozen EfficientNet-Lite0, corner camera 84 px), SFT {doc['sft_steps']} steps; "
@@ -145,6 +152,17 @@ def markdown(doc: dict, machine: str) -> str:
         met = rl["success"] >= demo["success"] and rl["episode_length"] < demo["episode_length"]
         lines.append(f"| {n} | {m} | {rl['success']:.2f} / {demo['success']:.2f} | "
                      f"{rl['episode_length']:.1f} / {demo['episode_length']:.1f} | {'yes' if met else 'no'} |")
+    lines += ["", "The same per task (success RL / demos, episode length RL / demos; met: RL success >= demos' and "
+              "shorter episodes):", "", "| task | specialist success | " + " | ".join(f"{n} vs {m}" for n, m in
+              sorted(pairs, key=lambda p: (int(p[1]), int(p[0])))) + " |", "|---|---|" + "---|" * len(pairs)]
+    for task in doc["tasks"]:
+        cells = []
+        for n, m in sorted(pairs, key=lambda p: (int(p[1]), int(p[0]))):
+            rl, demo = doc["rl_data"][n]["per_task"][task], doc["demo_data"][m]["per_task"][task]
+            met = rl["success"] >= demo["success"] and rl["episode_length"] < demo["episode_length"]
+            cells.append(f"{rl['success']:.2f} / {demo['success']:.2f}, {rl['episode_length']:.0f} / "
+                         f"{demo['episode_length']:.0f} {'yes' if met else 'no'}")
+        lines.append(f"| {task.split('/')[-1]} | {doc['specialists'][task].get('success')} | " + " | ".join(cells) + " |")
     lines += ["", "Data (successful episodes only):", "", "| task | source | episodes | attempts | success rate | "
               "mean length |", "|---|---|---|---|---|---|"]
     for task, row in doc["data"].items():
@@ -154,7 +172,19 @@ def markdown(doc: dict, machine: str) -> str:
     lines += ["", "Specialists (their own evaluation, episodes run the full 150 steps, success at any step):", ""]
     for task, s in doc["specialists"].items():
         lines.append(f"- {task}: success {s.get('success')} after {s.get('env_steps')} env steps (20 episodes)")
+    unused = _unused_specialists(Path(doc["run"]) / "specialists", doc["specialists"])
+    if unused:
+        lines += ["", "Other specialists in the shared folder, trained with the same settings (not in this run's tasks):", ""]
+        lines += [f"- {name}: success {s['success']} after {s['env_steps']} env steps" for name, s in unused.items()]
     return "\n".join(lines) + "\n"
+
+
+def _unused_specialists(root: Path, used: dict) -> dict:
+    from vlarl.recipes.rldg import _specialist_summary
+
+    used_dirs = {Path(s["run"]).name for s in used.values()}
+    return {d.name: _specialist_summary(d / "results.json") for d in sorted(root.glob("*_*"))
+            if (d / "results.json").exists() and d.name not in used_dirs}
 
 
 if __name__ == "__main__":
