@@ -124,6 +124,10 @@ def report(works: list[Path], args: argparse.Namespace) -> None:
               "python benchmarks/rldg_metaworld.py --stage generalist --generalist rl:45   # and the others",
               "python benchmarks/rldg_metaworld.py --stage all", "# the 4-task run: the same with --work runs/bench_rldg/run4 "
               "--tasks ... (specialists and data folders shared)",
+              "# the longer-specialist run (runs/bench_rldg/long): the reach and button-press-topdown specialists",
+              "# copied and resumed to 40k env steps (vlarl train rlpd --resume DIR steps=40000; the online buffer",
+              "# was not saved, so it restarts empty), their RL data collected anew; the other specialists, data",
+              "# and the demo generalists shared with runs/bench_rldg/run4",
               "python benchmarks/rldg_metaworld.py --report " + " ".join(f"--work {r['run']}" for r in runs), "```", ""]
     text = "\n".join(header) + "\n" + "\n".join(markdown(r, doc["machine"]) for r in runs)
     (RESULTS / "rldg.md").write_text(text)
@@ -133,7 +137,8 @@ def report(works: list[Path], args: argparse.Namespace) -> None:
 def markdown(doc: dict, machine: str) -> str:
     lines = [f"## {len(doc['tasks'])} tasks: generalist on RL-specialist data vs on scripted demos",
              "", f"{machine}. Run `{doc['run']}`. Tasks: {', '.join(doc['tasks'])}. Specialists: {doc['specialist']['recipe']} from "
-             f"state, {doc['specialist']['steps']} env steps each (UTD {doc['specialist']['utd']}); generalist: the "
+             f"state, {'/'.join(str(s.get('env_steps')) for s in doc['specialists'].values())} env steps "
+             f"(UTD {doc['specialist']['utd']}); generalist: the "
              f"Step 2 VLA (frozen EfficientNet-Lite0, corner camera 84 px), SFT {doc['sft_steps']} steps; "
              f"{doc['eval_episodes']} evaluation episodes per task on the same start states.", "",
              "| data | episodes per task | mean success | mean episode length | per task (success / length) |",
