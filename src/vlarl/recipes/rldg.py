@@ -34,7 +34,7 @@ from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
 from vlarl.recipes.hil_serl import HILSERLConfig
 from vlarl.recipes.rlpd import RLPDConfig, _obs_to_torch
 from vlarl.recipes.sft import SFTConfig
-from vlarl.runtime import Run, latest_checkpoint, load_checkpoint, load_config, seed_everything
+from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, load_config, seed_everything
 
 SPECIALISTS = ("rlpd", "hil-serl")
 DATA_KINDS = ("rl", "demos", "mix")
@@ -123,7 +123,7 @@ def train_specialist(cfg: RLDGConfig, task: str, root: Path, progress: bool = Tr
     if task in cfg.specialist_runs:
         return Path(cfg.specialist_runs[task])
     run_dir = root / _slug(task)
-    if (run_dir / "results.json").exists():
+    if (run_dir / "results.json").exists():  # finished: not even its demos are checked again
         return run_dir
     if cfg.specialist == "rlpd":
         env = replace(cfg.rlpd.env, name=task)
@@ -141,8 +141,7 @@ def train_specialist(cfg: RLDGConfig, task: str, root: Path, progress: bool = Tr
         sub_cfg = replace(cfg.hil_serl, env=replace(cfg.hil_serl.env, name=task), seed=cfg.seed,
                           run_dir=str(run_dir), device=cfg.device)
         train, config_cls = train_hil_serl, HILSERLConfig
-    resume = Run.resume(run_dir, config_cls, config=sub_cfg) if (run_dir / "config.yaml").exists() else None
-    train(None if resume else sub_cfg, resume=resume, progress=progress)
+    finish_stage(train, config_cls, sub_cfg, progress)
     return run_dir
 
 
@@ -346,11 +345,7 @@ def train_rldg(cfg: RLDGConfig | None = None, resume: Run | None = None, progres
         sub_dir = run.path / "generalists" / spec.replace(":", "-")
         sub_cfg = replace(cfg.sft, datasets=datasets, episodes_per_dataset=limits, seed=cfg.seed, device=cfg.device,
                           eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs, run_dir=str(sub_dir))
-        if (sub_dir / "results.json").exists():
-            out = json.loads((sub_dir / "results.json").read_text())
-        else:
-            sub = Run.resume(sub_dir, SFTConfig, config=sub_cfg) if (sub_dir / "config.yaml").exists() else None
-            out = train_sft(None if sub else sub_cfg, resume=sub, progress=progress)
+        out = finish_stage(train_sft, SFTConfig, sub_cfg, progress)
         results["generalists"][spec] = {"data": kind, "episodes_per_task": n, "run": str(sub_dir),
                                         **generalist_summary(out)}
         run.log(len(results["generalists"]), **{f"success/{spec}": out["mean_success"]})

@@ -23,7 +23,7 @@ from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
 from vlarl.errors import VlarlError
 from vlarl.models.policy import PolicyConfig, VLAPolicy
-from vlarl.runtime import Run, latest_checkpoint, load_checkpoint, resolve_device, seed_everything
+from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, resolve_device, seed_everything
 
 
 @dataclass
@@ -133,10 +133,7 @@ def stage0(cfg: Any, run: Run, progress: bool) -> tuple[Path, dict[str, Any] | N
     sft_dir = run.path / "sft"
     sft_cfg = replace(cfg.sft, run_dir=str(sft_dir), seed=cfg.seed, device=cfg.device,
                       eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs)
-    if (sft_dir / "results.json").exists():
-        return sft_dir, json.loads((sft_dir / "results.json").read_text())
-    resume = Run.resume(sft_dir, SFTConfig, config=sft_cfg) if (sft_dir / "config.yaml").exists() else None
-    return sft_dir, train_sft(None if resume else sft_cfg, resume=resume, progress=progress)
+    return sft_dir, finish_stage(train_sft, SFTConfig, sft_cfg, progress)
 
 
 def load_sft_policy(sft_dir: Path, device: torch.device) -> tuple[VLAPolicy, dict[str, Any]]:

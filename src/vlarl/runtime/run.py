@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +134,16 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def finish_stage(train: Callable[..., dict[str, Any]], config_cls: type, cfg: Any, progress: bool = True) -> dict[str, Any]:
+    """A recipe's sub-run at ``cfg.run_dir``: its results when it finished, else resumed from
+    its last checkpoint (with ``cfg``) or started, and run to the end."""
+    path = Path(cfg.run_dir)
+    if (path / "results.json").exists():
+        return json.loads((path / "results.json").read_text())
+    resume = Run.resume(path, config_cls, config=cfg) if (path / "config.yaml").exists() else None
+    return train(None if resume else cfg, resume=resume, progress=progress)
 
 
 def resolve_device(name: str) -> torch.device:
