@@ -52,12 +52,10 @@ def test_console_script_demo_small(tmp_path):
     """The default demo end to end, shrunk: HIL-SERL with an actor process, then the policy
     alone before and after, a plot and a video."""
     run_dir = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "hil_serl.steps=300", "hil_serl.demos=2",
-         "hil_serl.eval_every=150", "hil_serl.eval_episodes=2", "hil_serl.final_eval_episodes=2",
-         "hil_serl.sac.hidden=32", "hil_serl.sac.batch_size=32", "hil_serl.control_hz=200"],
-        capture_output=True, text=True, timeout=300,
-    )
+    command = [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "hil_serl.steps=300", "hil_serl.demos=2",
+               "hil_serl.eval_every=150", "hil_serl.eval_episodes=2", "hil_serl.final_eval_episodes=2",
+               "hil_serl.sac.hidden=32", "hil_serl.sac.batch_size=32", "hil_serl.control_hz=200"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "HIL-SERL on toy/reach" in proc.stdout and "before training" in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -66,6 +64,11 @@ def test_console_script_demo_small(tmp_path):
     assert steps[0] == 0 and steps[-1] >= 300 and len(steps) >= 3 and summary["actor_hz"] > 0
     assert Path(summary["plot"]).stat().st_size > 0
     assert summary["videos"] and all(Path(v).stat().st_size > 0 for v in summary["videos"])
+    # The same command again finds the run finished and reports it (no actor runs, so no rate).
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already trained" in again.stdout and json.loads(again.stdout.splitlines()[-1])["mean_success"] == \
+        summary["mean_success"]
 
 
 def test_console_script_sft_demo_small(tmp_path):

@@ -135,9 +135,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("recipe") == "hil-serl":
         lo, hi = summary["final_ci95"]
         curve = ", ".join(f"{e['step']}: {e['success']:.2f}" for e in summary["evals"])
+        # A rerun of a finished demo steps no actor: there is no rate to show.
+        hz = f"actor {summary['actor_hz']:.0f} Hz" if summary["actor_hz"] is not None else "already trained"
         lines = [f"vlarl demo: HIL-SERL on {summary['env']} from {summary['obs_mode']}, {summary['demos']} demos, "
                  f"simulated human, {summary['env_steps']} env steps / {summary['updates']} updates in "
-                 f"{summary['wall_clock_min']:.1f} min (actor {summary['actor_hz']:.0f} Hz)", "",
+                 f"{summary['wall_clock_min']:.1f} min ({hz})", "",
                  f"  policy alone, {summary['final_episodes']} episodes: success {summary['success_before']:.2f} "
                  f"before training -> {summary['mean_success']:.2f} after (95% CI {lo:.2f}-{hi:.2f})",
                  f"  success by env step: {curve}",
