@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -31,8 +30,8 @@ import torch  # noqa: E402
 
 from vlarl.algos.sac import SACConfig  # noqa: E402
 from vlarl.recipes.collect import EnvConfig  # noqa: E402
-from vlarl.recipes.rldg import (RLDGConfig, _slug, demo_data, episodes_per_source, generalist_datasets,  # noqa: E402
-                                load_specialist, parse_generalist, rl_data, train_rldg, train_specialist)
+from vlarl.recipes.rldg import (RLDGConfig, _slug, data_dir, demo_data, episodes_per_source,  # noqa: E402
+                                generalist_sft, load_specialist, rl_data, train_rldg, train_specialist)
 from vlarl.recipes.rlpd import RLPDConfig  # noqa: E402
 from vlarl.recipes.sft import SFTConfig  # noqa: E402
 
@@ -82,18 +81,13 @@ def main() -> None:
     elif args.stage == "data":
         need = episodes_per_source(cfg.generalists)
         spec = load_specialist(work / "specialists" / _slug(args.task), cfg.specialist, cfg.data_env)
-        print(args.task, "rl", rl_data(cfg, args.task, spec, work / "data" / "rl" / _slug(args.task), need["rl"]))
-        print(args.task, "demos", demo_data(cfg, args.task, work / "data" / "demos" / _slug(args.task), need["demos"]))
+        print(args.task, "rl", rl_data(cfg, args.task, spec, data_dir(work, "rl", args.task), need["rl"]))
+        print(args.task, "demos", demo_data(cfg, args.task, data_dir(work, "demos", args.task), need["demos"]))
     elif args.stage == "generalist":
         from vlarl.recipes.sft import train_sft
+        from vlarl.runtime import finish_stage
 
-        kind, n = parse_generalist(args.generalist)
-        rl = [str(work / "data" / "rl" / _slug(t)) for t in cfg.tasks]
-        demos = [str(work / "data" / "demos" / _slug(t)) for t in cfg.tasks]
-        datasets, limits = generalist_datasets(kind, n, rl, demos)
-        sub = work / "generalists" / args.generalist.replace(":", "-")
-        train_sft(replace(cfg.sft, datasets=datasets, episodes_per_dataset=limits, seed=cfg.seed, device=cfg.device,
-                          eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs, run_dir=str(sub)))
+        finish_stage(train_sft, SFTConfig, generalist_sft(cfg, args.generalist, work))
     else:
         from vlarl.runtime import Run
 

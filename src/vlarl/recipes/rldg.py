@@ -229,6 +229,7 @@ def keep_successes(env, act: Callable[[dict[str, Any]], np.ndarray], out: Path, 
     noise) runs before each attempt, so the data do not depend on where a run stopped."""
     from vlarl.data import EpisodeDataset, EpisodeWriter
     from vlarl.envs.wrappers import PixelsRecorder
+    from vlarl.eval import run_episode
 
     recorder = env
     while not isinstance(recorder, PixelsRecorder):
@@ -245,12 +246,7 @@ def keep_successes(env, act: Callable[[dict[str, Any]], np.ndarray], out: Path, 
             seed = first_seed + attempts
             if reseed is not None:
                 reseed(seed)
-            obs, _ = env.reset(seed=seed)
-            done_ep, success = False, False
-            while not done_ep:
-                obs, _, terminated, truncated, info = env.step(act(obs))
-                success, done_ep = success or bool(info.get("is_success")), terminated or truncated
-            if success:
+            if run_episode(env, act, seed=seed, keep_arrays=False).success:  # the recorder holds the arrays
                 arrays = recorder.episode()
                 writer.write_episode(arrays, base.task, base.instruction, source, True, seed=seed, attempt=attempts,
                                      **meta)
@@ -307,6 +303,21 @@ def generalist_datasets(kind: str, n: int, rl: list[str], demos: list[str]) -> t
     return [*rl, *demos], [math.ceil(n / 2)] * len(rl) + [n // 2] * len(demos)
 
 
+def data_dir(root: Path, source: str, task: str) -> Path:
+    """Where the run at ``root`` keeps ``task``'s successful episodes from ``source`` (rl | demos)."""
+    return root / "data" / source / _slug(task)
+
+
+def generalist_sft(cfg: RLDGConfig, spec: str, root: Path) -> SFTConfig:
+    """The SFT run of comparison ``spec`` (e.g. "mix:45") in the run at ``root``."""
+    kind, n = parse_generalist(spec)
+    rl, demos = ([str(data_dir(root, source, t)) for t in cfg.tasks] for source in ("rl", "demos"))
+    datasets, limits = generalist_datasets(kind, n, rl, demos)
+    return replace(cfg.sft, datasets=datasets, episodes_per_dataset=limits, seed=cfg.seed, device=cfg.device,
+                   eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs,
+                   run_dir=str(root / "generalists" / spec.replace(":", "-")))
+
+
 def train_rldg(cfg: RLDGConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
     from vlarl.recipes.sft import train_sft
 
@@ -318,7 +329,6 @@ def train_rldg(cfg: RLDGConfig | None = None, resume: Run | None = None, progres
     need = episodes_per_source(cfg.generalists)
     results: dict[str, Any] = {"specialists": {}, "data": {}, "generalists": {}}
     t0 = time.perf_counter()
-    rl_paths, demo_paths = [], []
     for task in cfg.tasks:
         row: dict[str, Any] = {}
         if need["rl"]:
@@ -326,27 +336,20 @@ def train_rldg(cfg: RLDGConfig | None = None, resume: Run | None = None, progres
             done = spec_dir / "results.json"
             results["specialists"][task] = {"run": str(spec_dir), **_specialist_summary(done)}
             specialist = load_specialist(spec_dir, cfg.specialist, cfg.data_env)
-            path = run.path / "data" / "rl" / _slug(task)
-            row["rl"] = rl_data(cfg, task, specialist, path, need["rl"], progress)
+            row["rl"] = rl_data(cfg, task, specialist, data_dir(run.path, "rl", task), need["rl"], progress)
             if row["rl"]["episodes"] < need["rl"]:
                 raise VlarlError(f"{task}: the specialist {spec_dir} succeeded in {row['rl']['episodes']} of "
                                  f"{row['rl']['attempts']} attempts; {need['rl']} successful episodes are needed "
                                  f"(train it longer, or raise attempts_per_episode)")
-            rl_paths.append(str(path))
         if need["demos"]:
-            path = run.path / "data" / "demos" / _slug(task)
-            row["demos"] = demo_data(cfg, task, path, need["demos"], progress)
-            demo_paths.append(str(path))
+            row["demos"] = demo_data(cfg, task, data_dir(run.path, "demos", task), need["demos"], progress)
         results["data"][task] = row
         run.log(len(results["data"]), **{f"data/{k}_success_rate/{task}": v["success_rate"] for k, v in row.items()})
     for spec in cfg.generalists:
         kind, n = parse_generalist(spec)
-        datasets, limits = generalist_datasets(kind, n, rl_paths, demo_paths)
-        sub_dir = run.path / "generalists" / spec.replace(":", "-")
-        sub_cfg = replace(cfg.sft, datasets=datasets, episodes_per_dataset=limits, seed=cfg.seed, device=cfg.device,
-                          eval_episodes=cfg.eval_episodes, eval_envs=cfg.eval_envs, run_dir=str(sub_dir))
+        sub_cfg = generalist_sft(cfg, spec, run.path)
         out = finish_stage(train_sft, SFTConfig, sub_cfg, progress)
-        results["generalists"][spec] = {"data": kind, "episodes_per_task": n, "run": str(sub_dir),
+        results["generalists"][spec] = {"data": kind, "episodes_per_task": n, "run": sub_cfg.run_dir,
                                         **generalist_summary(out)}
         run.log(len(results["generalists"]), **{f"success/{spec}": out["mean_success"]})
     results.update(comparison(results["generalists"]), seconds=time.perf_counter() - t0)
