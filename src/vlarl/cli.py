@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                                 "into a generalist VLA (compared with demos and a mix)")
     _recipe_args(rldg, "YAML recipe, e.g. configs/rldg-metaworld.yaml", "continue the run in RUN_DIR from its "
                  "unfinished stage", "generalists=rl:45,demos:300 specialist=hil-serl")
+    asap = train_sub.add_parser("asap", help="ASAP: pretrain a tracking policy in sim, learn a delta action model "
+                                "from real (twin) rollouts, fine-tune with it, compare with SysID and DeltaDynamics")
+    _recipe_args(asap, "YAML recipe, e.g. configs/asap-arm.yaml", "continue the run in RUN_DIR from its unfinished "
+                 "stage", "stage=delta twin.action_delay=0 finetune.steps=100000")
     rc = sub.add_parser("reward-classifier", help="binary image success classifiers (HIL-SERL's reward)")
     rc_sub = rc.add_subparsers(dest="rc_command", required=True)
     rct = rc_sub.add_parser("train", help="train from labelled episodes; reports held-out precision/recall")
@@ -116,6 +120,7 @@ _TRAINERS = {
     "ire-vla": ("vlarl.recipes.ire_vla", "IReVLAConfig", "train_ire_vla", ("stages", "freeze_checks")),
     "grape": ("vlarl.recipes.grape", "GRAPEConfig", "train_grape", ("iterations",)),
     "rldg": ("vlarl.recipes.rldg", "RLDGConfig", "train_rldg", ("specialists", "data", "generalists")),
+    "asap": ("vlarl.recipes.asap", "ASAPConfig", "train_asap", ("closed_loop_sim",)),
 }
 
 

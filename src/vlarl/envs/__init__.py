@@ -1,6 +1,6 @@
 """Environments: ``make(name, **options)``, ``make_vec(name, n)``, scripted experts, twins.
 
-Names: ``toy/reach``, ``panda/pick-cube`` and ``metaworld/<task>`` for the 50 Meta-World v3
+Names: ``toy/reach``, ``panda/pick-cube``, ``arm/track`` (ASAP's motion tracking) and ``metaworld/<task>`` for the 50 Meta-World v3
 tasks. Every env keeps DESIGN.md's observation contract and reports ``info["is_success"]``.
 """
 

@@ -16,11 +16,13 @@ _FAMILIES = {  # name prefix -> (module, class)
     "toy/": ("vlarl.envs.toy", "ToyReachEnv"),
     "panda/": ("vlarl.envs.panda", "PandaPickCubeEnv"),
     "metaworld/": ("vlarl.envs.metaworld_env", "MetaWorldEnv"),
+    "arm/": ("vlarl.envs.arm", "ArmTrackEnv"),
 }
 
 ENV_NAMES: tuple[str, ...] = (
     "toy/reach",
     "panda/pick-cube",
+    "arm/track",
     *(f"metaworld/{task}" for task in METAWORLD_INSTRUCTIONS),
 )
 

@@ -1,4 +1,5 @@
-"""Wrappers HIL-SERL needs: an end-effector-relative frame and a learned success signal."""
+"""Env wrappers: HIL-SERL's end-effector frame and learned success signal, reward shaping,
+privileged info, a pixel recorder, and ASAP's last-action observation and delta actions."""
 
 from __future__ import annotations
 
@@ -184,3 +185,58 @@ class PixelsRecorder(gym.Wrapper):
         if self._recorder is None:
             raise VlarlError("PixelsRecorder: no episode yet (call reset first)")
         return self._recorder.arrays()
+
+
+class LastActionObs(gym.Wrapper):
+    """Appends the previous *commanded* action to ``state`` (zeros after a reset).
+
+    Outermost, so it reports what the policy sent, not what a delayed robot or a delta
+    action model below it executed: the robot's own computer knows only its commands.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        low, high = env.observation_space["state"].low, env.observation_space["state"].high
+        n = env.action_space.shape[0]
+        spaces = dict(env.observation_space.spaces)
+        spaces["state"] = gym.spaces.Box(np.concatenate([low, -np.ones(n)]).astype(np.float32),
+                                         np.concatenate([high, np.ones(n)]).astype(np.float32))
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._last = np.zeros(n, np.float32)
+
+    def _with_last(self, obs: dict[str, Any]) -> dict[str, Any]:
+        return {**obs, "state": np.concatenate([obs["state"], self._last]).astype(np.float32)}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._last = np.zeros_like(self._last)
+        return self._with_last(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._last = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        return self._with_last(obs), reward, terminated, truncated, info
+
+
+class DeltaAction(gym.Wrapper):
+    """ASAP's aligned simulator: executes ``clip(a + delta(state, a_prev, a))``, where ``delta``
+    maps the env's state, the previous commanded action and the action to a correction."""
+
+    def __init__(self, env: gym.Env, delta: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> None:
+        super().__init__(env)
+        self.delta = delta
+        self._state: np.ndarray | None = None
+        self._prev = np.zeros(env.action_space.shape, np.float32)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._state, self._prev = obs["state"], np.zeros_like(self._prev)
+        return obs, info
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        executed = np.clip(action + self.delta(self._state, self._prev, action), -1.0, 1.0).astype(np.float32)
+        obs, reward, terminated, truncated, info = self.env.step(executed)
+        self._state, self._prev = obs["state"], action
+        info["delta_action"] = executed - action
+        return obs, reward, terminated, truncated, info
