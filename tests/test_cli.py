@@ -9,7 +9,7 @@ from vlarl.cli import main
 def test_envs_lists_all(capsys):
     assert main(["envs"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 52 and any(line.startswith("metaworld/drawer-open") and "open the drawer" in line for line in out)
+    assert len(out) == 53 and any(line.startswith("metaworld/drawer-open") and "open the drawer" in line for line in out)
 
 
 def test_unknown_env_exits_2_with_one_clear_line(tmp_path, capsys):

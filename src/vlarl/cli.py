@@ -211,7 +211,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vlarl.envs import ENV_NAMES
         from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS
 
-        extra = {"toy/reach": "move the red dot to the green target", "panda/pick-cube": "pick up the cube"}
+        extra = {"toy/reach": "move the red dot to the green target", "panda/pick-cube": "pick up the cube",
+                 "arm/track": "follow the reference motion (ASAP's tracking task)"}
         for name in ENV_NAMES:
             print(f"{name:40s} {extra.get(name) or METAWORLD_INSTRUCTIONS[name.split('/', 1)[1]]}")
         return 0
