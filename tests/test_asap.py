@@ -126,7 +126,7 @@ def test_delta_reward_matches_a_hand_computation():
     env = OpenLoopReplay(sim, rec, horizon=5, action_penalty=0.1, sigma_q=0.01, sigma_qd=1.0)
     obs, _ = env.reset(seed=0)
     e, t = env._e, env._t
-    assert np.allclose(obs["state"][13:], rec.actions[e, t]) and np.allclose(obs["state"][:6], np.r_[rec.qpos[e, t], rec.qvel[e, t]])
+    assert np.allclose(obs["state"][9:], rec.actions[e, t]) and np.allclose(obs["state"][:6], np.r_[rec.qpos[e, t], rec.qvel[e, t]])
     assert np.allclose(env.privileged_state()[6:9], rec.qpos[e, t + 1])  # the critic sees the real next state
     delta = np.array([0.2, -0.1, 0.05], np.float32)
     _, reward, *_ = env.step(delta)
@@ -197,7 +197,7 @@ def test_sysid_recovers_a_gain_and_residual_dynamics_fit_the_recordings():
 
     sim = _sim()
     x, y = residual_dataset(sim, rec)
-    assert x.shape == (60, 16) and y.shape == (60, 6) and np.abs(y).max() > 1e-3
+    assert x.shape == (60, 12) and y.shape == (60, 6) and np.abs(y).max() > 1e-3
     model, info = fit_residual_dynamics(x, y, steps=800, hidden=64)
     assert info["train_loss"] < 0.2 * info["zero_residual_loss"]
     before = replay_errors(sim, rec, 10)["joint_pos_error"]
@@ -210,13 +210,13 @@ def test_sysid_recovers_a_gain_and_residual_dynamics_fit_the_recordings():
 def test_delta_action_model_learns_to_close_the_gap_of_a_weak_actuator():
     """PPO on open-loop replays: the learned delta cuts the replay error of a gain-0.65 twin and
     points the way the closed form does."""
-    from vlarl.algos.asap import OpenLoopReplay, delta_obs, ideal_gain_delta, replay_errors, start_replay
+    from vlarl.algos.asap import DELTA_OBS_DIM, OpenLoopReplay, delta_obs, ideal_gain_delta, replay_errors, start_replay
     from vlarl.algos.asymmetric_ppo import AsymmetricActorCritic, OnPolicyConfig, train_ppo
     from vlarl.algos.ppo import PPOConfig
 
     torch.manual_seed(0)
     rec = _record(TwinConfig(actuator_gain=0.65), episodes=4, noise=0.2)
-    model = AsymmetricActorCritic(16, 12, 3, hidden=64, init_log_std=-2.0)
+    model = AsymmetricActorCritic(DELTA_OBS_DIM, 12, 3, hidden=64, init_log_std=-2.0)
     cfg = OnPolicyConfig(steps=24_576, envs=8, rollout=64,
                          ppo=PPOConfig(lr=1e-3, epochs=5, minibatch_size=256, gamma=0.9, target_kl=0.05))
     envs = [OpenLoopReplay(_sim(), rec, horizon=10) for _ in range(8)]
@@ -298,3 +298,28 @@ def test_asap_config_errors_are_named(tmp_path):
         with pytest.raises(VlarlError, match=match):
             train_asap(_tiny(tmp_path, **kw), progress=False)
     assert not (tmp_path / "asap").exists()
+
+
+def test_a_ppo_stage_resumes_from_its_checkpoint_and_skips_when_finished(tmp_path):
+    from dataclasses import replace
+
+    from vlarl.algos.asymmetric_ppo import OnPolicyConfig
+    from vlarl.recipes.asap import ASAPConfig, new_policy, policy_env, ppo_stage
+
+    asap = ASAPConfig(env={"episode_length": 20})
+    make_envs = lambda: [policy_env(asap) for _ in range(2)]
+    cfg = OnPolicyConfig(steps=128, envs=2, rollout=32, hidden=16, save_every=1)
+    asap.pretrain.hidden = 16
+    out = ppo_stage(tmp_path / "p", new_policy(asap, -1.0), make_envs, cfg, seed=0, progress=False)
+    assert (out["env_steps"], out["updates"]) == (128, 2)
+    (tmp_path / "p" / "results.json").unlink()  # as if stopped before finishing a longer run,
+    with open(tmp_path / "p" / "metrics.jsonl", "a") as f:  # after logging past its last checkpoint
+        f.write(json.dumps({"step": 160, "time": 0.0}) + "\n")
+    policy = new_policy(asap, -1.0)
+    out = ppo_stage(tmp_path / "p", policy, make_envs, replace(cfg, steps=256), seed=0, progress=False)
+    assert (out["env_steps"], out["updates"]) == (256, 4)  # continued from update 2, not restarted
+    steps = [json.loads(line)["step"] for line in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [64, 128, 192, 256]
+    again = new_policy(asap, -1.0)
+    assert ppo_stage(tmp_path / "p", again, make_envs, replace(cfg, steps=256), seed=0, progress=False) == out
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), policy.state_dict().values()))

@@ -13,7 +13,7 @@ simulation from a recorded state, open loop:
     DeltaDynamics        a residual g(s, a_prev, a) on the next (qpos, qvel), regressed on
                          real_{t+1} - f_sim(real_t, a_t)
 
-The delta model's observation is (state, previous commanded action, action): with the
+The delta model's observation is (joint state, previous commanded action, action): with the
 previous command it can undo an action delay, which no physical factor expresses.
 """
 
@@ -34,7 +34,7 @@ from vlarl.envs.arm import ACTION_SCALE, KP, _fk, pd_torque
 from vlarl.envs.twin import PhysicsTwin, TwinConfig
 from vlarl.errors import VlarlError
 
-DELTA_OBS_DIM = 16  # state (q, qd, phase: 10), previous command (3), action (3)
+DELTA_OBS_DIM = 12  # joint positions and velocities (6), previous command (3), action (3)
 SYSID_PARAMS = ("mass", "friction", "damping", "actuator_gain", "action_delay")
 
 
@@ -97,14 +97,20 @@ def start_replay(sim: gym.Env, rec: Recordings, e: int, t: int) -> np.ndarray:
 
 
 def delta_obs(state: np.ndarray, prev: np.ndarray, action: np.ndarray) -> np.ndarray:
-    return np.concatenate([state, prev, action]).astype(np.float32)
+    """What the delta and residual models see: the physical state (joint positions and
+    velocities of the arm's 10-d state, not its phase: the robot's physics does not depend on
+    the time in the motion, and every recording follows the same motion, so a phase input
+    would let a model memorise corrections per instant rather than per state), the previous
+    command and the action."""
+    return np.concatenate([state[:6], prev, action]).astype(np.float32)
 
 
 class OpenLoopReplay(gym.Env):
     """The delta action model's training env: windows of ``horizon`` recorded steps replayed
     open loop in ``sim``; the action is the delta added to each recorded action.
 
-    Observation ``state``: (sim state, previous command, recorded action); the critic's
+    Observation ``state``: ``delta_obs`` of the sim's state, the previous command and the
+    recorded action; the critic's
     ``privileged_state``: the recorded real state now and next (what the actor never sees).
     """
 

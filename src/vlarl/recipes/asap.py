@@ -174,7 +174,9 @@ def ppo_stage(path: Path, model: AsymmetricActorCritic, make_envs: Any, cfg: OnP
     if done.exists():
         load_checkpoint(path / "checkpoints", {"model": model}, restore_rng=False)
         return json.loads(done.read_text())
-    run = Run.create(path.parent, path.name, cfg, exist_ok=True)
+    # Reopening drops the scalars logged after the last checkpoint: they will be logged again.
+    run = (Run.resume(path, OnPolicyConfig, config=cfg) if (path / "config.yaml").exists()
+           else Run.create(path.parent, path.name, cfg))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.ppo.lr, eps=1e-5)
     counters = run.restore({"model": model}, {"opt": opt})
     if counters is None and init is not None:
