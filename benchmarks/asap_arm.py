@@ -5,10 +5,12 @@ and the analytic check (a gain-only twin: learned vs closed-form delta).
 
     python benchmarks/asap_arm.py --seed 0          # `vlarl train asap` (configs/asap-arm.yaml), one seed
     python benchmarks/asap_arm.py --gain-check      # twin = actuator gain 0.65 only: collect + delta
+    python benchmarks/asap_arm.py --sysid-delay     # reference: SysID that also searches the delay (seed 0)
     python benchmarks/asap_arm.py --report          # benchmarks/results/asap.{json,md} over every seed run
 
-Runs live in ``--work`` (runs/bench_asap): ``seed<N>`` and ``gain``. The gain check reuses
-seed 0's pretrained policy (pretraining never sees the twin). Seeds can run side by side.
+Runs live in ``--work`` (runs/bench_asap): ``seed<N>``, ``gain`` and ``sysid_delay``. The gain
+check reuses seed 0's pretrained policy (pretraining never sees the twin), the SysID reference
+seed 0's pretrained policy and real rollouts. Seeds can run side by side.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ def gain_check(work: Path, progress: bool) -> dict:
     return out["gain_check"]
 
 
+def sysid_with_delay(work: Path, progress: bool) -> dict:
+    """A reference beside the SysID baseline: seed 0's data, with the action delay added to
+    the SysID search (then the twin lies inside its model family)."""
+    run = work / "sysid_delay"
+    for part in ("pretrain", "real"):
+        if not (run / part).exists():
+            shutil.copytree(work / "seed0" / part, run / part)
+    cfg = config(run, 0, ["sysid.params=[mass,friction,damping,actuator_gain,action_delay]", "variants=[sysid]"])
+    return train_asap(cfg, progress=progress)
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
@@ -70,7 +83,10 @@ def report(work: Path) -> dict:
     pos = {v: closed[v]["ee_pos_error"]["mean"] for v in variants}
     reduction = {v: 1 - pos[v] / pos["vanilla"] for v in variants}
     per_seed_reduction = {name: r["reduction_vs_vanilla"].get("asap") for name, r in per_seed.items()}
-    gain = json.loads((work / "gain" / "delta" / "gain_check.json").read_text()) if (work / "gain" / "delta" / "gain_check.json").exists() else None
+    gain_file = work / "gain" / "delta" / "gain_check.json"
+    gain = json.loads(gain_file.read_text()) if gain_file.exists() else None
+    ref_file = work / "sysid_delay" / "results.json"
+    ref = json.loads(ref_file.read_text()) if ref_file.exists() else None
     results = {
         "closed_loop_pos_error": pos,  # metres, mean over seeds: end-effector position error on the twin
         "closed_loop": closed,
@@ -78,6 +94,9 @@ def report(work: Path) -> dict:
         "open_loop_replay": open_loop,
         "gain_check": gain,
         "sysid_fits": {name: r["sysid"]["twin"] for name, r in per_seed.items() if "sysid" in r},
+        "sysid_with_delay_seed0": None if ref is None else {
+            "fit": ref["sysid"]["twin"], "closed_loop": ref["closed_loop"]["sysid"],
+            "open_loop_replay": ref["open_loop_replay"]["sysid"]},
         "twin": first["twin"],
         "target": {"asap_reduction_vs_vanilla_at_least": 0.30,
                    "met_reduction": reduction.get("asap", 0) >= 0.30,
@@ -92,6 +111,32 @@ def report(work: Path) -> dict:
     (RESULTS / "asap.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "asap.md").write_text(markdown(results))
     return results
+
+
+# Exploratory runs, one each, on seed 0's pretrained policy (the settings that led to the
+# config; their run folders were not kept). The first three used an earlier delta/residual
+# input that included the motion phase (the code no longer offers it).
+NOTES = """
+## What did not work, and what changed (exploratory runs, seed 0's pretrained policy, one run each)
+
+| settings | ASAP closed-loop ee error (mm) | vanilla | SysID | DeltaDynamics |
+|---|---|---|---|---|
+| delta sees the motion phase; collect noise 0.05; fine-tune std 0.135; delta 200k steps | 32.3 (+74% vs vanilla) | 18.5 | 3.2 | 6.0 |
+| as above, collect noise 0.15, fine-tune std 0.05 | 21.4 (-32%) | 31.5 | 4.1 | 4.0 |
+| as above, collect noise 0.1, delta 400k steps | 18.1 (-43%) | 31.5 | 4.3 | 3.7 |
+| delta sees joint state, previous command, action (no phase); collect 0.1; std 0.05; delta 200k | 8.2 (-71%) | 28.2 | 4.4 | 4.1 |
+| as above, sharper tracking reward (sigma_q 0.002, sigma_qd 0.2) | 11.7 (-59%) | 28.2 | 4.4 | 4.1 |
+| as above (default sigmas), delta 500k steps | 5.0 (-82%) | 28.2 | 4.4 | 4.1 |
+| as above, delta 1M steps (the config) | 4.8 (-83%) | 28.2 | 4.4 | 4.1 |
+
+In the first run the policy fine-tuned with the delta model in the loop tracked to 3.6 mm in
+that simulator and 32.5 mm on the twin: fine-tuning moved it to actions away from the
+recorded ones, where the delta model (trained by RL on one motion, with the phase as input)
+was wrong, and it exploited the error. The residual model and the SysID simulator predicted
+the same policy's twin error closely (29 and 33 mm). Every recording follows the same motion,
+so a phase input lets a model memorise corrections per instant; without it, and with
+rollout noise that covers fine-tuning's exploration, the delta model generalises.
+"""
 
 
 def markdown(r: dict) -> str:
@@ -121,6 +166,12 @@ def markdown(r: dict) -> str:
         lines.append(f"| {s} | {ms(row, 'ee_pos_error')} | {fs(row, 'joint_pos_error', 4)} | {fs(row, 'joint_vel_error')} |")
     lines += ["", "SysID fits (its family: mass, friction, damping, actuator gain; no delay): "
               + "; ".join(f"{k}: " + ", ".join(f"{p} {v:.2f}" for p, v in fit.items()) for k, fit in r["sysid_fits"].items())]
+    if r["sysid_with_delay_seed0"]:
+        ref = r["sysid_with_delay_seed0"]
+        lines += ["", f"Reference, seed 0 only: SysID with the action delay in its search (the twin then lies in "
+                  f"its family) fits {', '.join(f'{p} {v:.2f}' for p, v in ref['fit'].items())}; closed-loop ee error "
+                  f"{1000 * ref['closed_loop']['ee_pos_error']:.1f} mm, open-loop replay "
+                  f"{1000 * ref['open_loop_replay']['ee_pos_error']:.1f} mm."]
     if r["gain_check"]:
         g = r["gain_check"]
         lines += ["", "## Analytic check: twin actuator gain 0.65 alone", "",
@@ -128,13 +179,22 @@ def markdown(r: dict) -> str:
                   f"recorded real states: mean |delta*| {g['mean_abs_ideal']:.4f}, mean |learned| "
                   f"{g['mean_abs_learned']:.4f}, relative gap mean|learned - delta*| / mean|delta*| = "
                   f"{g['relative_gap']:.2f}, correlation {g['correlation']:.3f}."]
-    return "\n".join(lines) + "\n"
+    lines += ["", "## What limits ASAP here", "",
+              "The arm's dynamics are six-dimensional, smooth and deterministic, so a one-step residual "
+              "regressed on 2000 recorded transitions (DeltaDynamics) is the most accurate simulator in open "
+              "loop, and a physical fit with the right gain and mass (SysID) is close behind in closed loop "
+              "even without the delay. The delta model, trained by PPO on the same data, is less exact "
+              "(open-loop error above the residual's) and its policies end within about one standard deviation "
+              "of both baselines. The paper's advantage over DeltaDynamics comes from compounding residual "
+              "errors in a high-dimensional, contact-rich humanoid, which this arm does not have."]
+    return "\n".join(lines) + "\n" + NOTES
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, help="run the whole recipe for this seed")
     p.add_argument("--gain-check", action="store_true")
+    p.add_argument("--sysid-delay", action="store_true", help="the SysID reference with the delay in its search")
     p.add_argument("--report", action="store_true")
     p.add_argument("--work", type=Path, default=Path("runs/bench_asap"))
     p.add_argument("--quiet", action="store_true")
@@ -145,6 +205,8 @@ def main() -> None:
         print(json.dumps(out["closed_loop_pos_error"]), f"{time.perf_counter() - t0:.0f} s")
     if args.gain_check:
         print(json.dumps(gain_check(args.work, not args.quiet), indent=2))
+    if args.sysid_delay:
+        print(json.dumps(sysid_with_delay(args.work, not args.quiet)["closed_loop"], indent=2))
     if args.report:
         print((RESULTS / "asap.md").read_text() if report(args.work) else "")
 

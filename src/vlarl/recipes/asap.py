@@ -59,7 +59,7 @@ def _finetune_defaults() -> OnPolicyConfig:
 
 
 def _delta_defaults() -> OnPolicyConfig:
-    return OnPolicyConfig(steps=200_000, rollout=64, ppo=PPOConfig(lr=1e-3, epochs=5, minibatch_size=512,
+    return OnPolicyConfig(steps=1_000_000, rollout=64, ppo=PPOConfig(lr=1e-3, epochs=5, minibatch_size=512,
                                                                     gamma=0.9, target_kl=0.05))
 
 
@@ -100,12 +100,14 @@ class ASAPConfig:
     init_log_std: float = -1.0
     collect_episodes: int = 24
     holdout_episodes: int = 4  # of those, kept out of every fit, for the open-loop replay errors
-    collect_noise: float = 0.05  # Gaussian noise on the real rollouts' actions, for coverage
+    # Gaussian noise on the real rollouts' actions: the models fitted to them must cover the
+    # actions a policy tries while it is fine-tuned (finetune_log_std)
+    collect_noise: float = 0.1
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     sysid: SysIDConfig = field(default_factory=SysIDConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     finetune: OnPolicyConfig = field(default_factory=_finetune_defaults)
-    finetune_log_std: float = -2.0  # exploration while fine-tuning a tracking policy
+    finetune_log_std: float = -3.0  # exploration (std 0.05) while fine-tuning a tracking policy
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     eval_episodes: int = 10
     torch_threads: int = 1  # these small networks run fastest on one thread; more contend with the envs
