@@ -6,6 +6,7 @@ and the analytic check (a gain-only twin: learned vs closed-form delta).
     python benchmarks/asap_arm.py --seed 0          # `vlarl train asap` (configs/asap-arm.yaml), one seed
     python benchmarks/asap_arm.py --gain-check      # twin = actuator gain 0.65 only: collect + delta
     python benchmarks/asap_arm.py --sysid-delay     # reference: SysID that also searches the delay (seed 0)
+    python benchmarks/asap_arm.py --oracle 0        # reference: fine-tuned on the twin itself (per seed)
     python benchmarks/asap_arm.py --report          # benchmarks/results/asap.{json,md} over every seed run
 
 Runs live in ``--work`` (runs/bench_asap): ``seed<N>``, ``gain`` and ``sysid_delay``. The gain
@@ -64,6 +65,27 @@ def sysid_with_delay(work: Path, progress: bool) -> dict:
     return train_asap(cfg, progress=progress)
 
 
+def oracle(work: Path, seed: int, progress: bool) -> dict:
+    """A reference, not a method: the pretrained policy fine-tuned on the twin itself (the same
+    PPO budget), i.e. the error fine-tuning could reach with a perfect simulator."""
+    from vlarl.envs.twin import TwinConfig
+    from vlarl.recipes.asap import REPLAY_SIM, new_policy, policy_env, ppo_stage, tracking_errors
+
+    run = work / f"seed{seed}"
+    cfg = config(run, seed)
+    twin = TwinConfig.from_dict(cfg.twin)
+    policy = new_policy(cfg, cfg.finetune_log_std)
+    ppo_stage(run / "oracle", policy, lambda: [policy_env(cfg, twin=twin) for _ in range(cfg.finetune.envs)],
+              cfg.finetune, cfg.seed + 5, init=run / "pretrain", init_log_std=cfg.finetune_log_std, progress=progress)
+    env = policy_env(cfg, twin=twin, **REPLAY_SIM)
+    try:
+        out = tracking_errors(policy, env, cfg.eval_episodes, 50_000 + cfg.seed * 1000)
+    finally:
+        env.close()
+    (run / "oracle" / "closed_loop.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
@@ -87,6 +109,8 @@ def report(work: Path) -> dict:
     gain = json.loads(gain_file.read_text()) if gain_file.exists() else None
     ref_file = work / "sysid_delay" / "results.json"
     ref = json.loads(ref_file.read_text()) if ref_file.exists() else None
+    oracles = [json.loads((p / "oracle" / "closed_loop.json").read_text()) for p in runs
+               if (p / "oracle" / "closed_loop.json").exists()]
     results = {
         "closed_loop_pos_error": pos,  # metres, mean over seeds: end-effector position error on the twin
         "closed_loop": closed,
@@ -94,6 +118,7 @@ def report(work: Path) -> dict:
         "open_loop_replay": open_loop,
         "gain_check": gain,
         "sysid_fits": {name: r["sysid"]["twin"] for name, r in per_seed.items() if "sysid" in r},
+        "oracle_finetune_on_twin": {m: _mean_std([o[m] for o in oracles]) for m in METRICS} if oracles else None,
         "sysid_with_delay_seed0": None if ref is None else {
             "fit": ref["sysid"]["twin"], "closed_loop": ref["closed_loop"]["sysid"],
             "open_loop_replay": ref["open_loop_replay"]["sysid"]},
@@ -103,7 +128,7 @@ def report(work: Path) -> dict:
                    "met_below_baselines": all(pos["asap"] < pos[v] for v in ("sysid", "delta_dynamics") if v in pos),
                    "asap_reduction_per_seed": per_seed_reduction},
         "per_seed": per_seed,
-        "command": "python benchmarks/asap_arm.py --seed N (N = 0, 1, 2); --gain-check; --report",
+        "command": "python benchmarks/asap_arm.py --seed N (N = 0, 1, 2); --gain-check; --sysid-delay; --oracle N; --report",
         "config": str(CONFIG.relative_to(CONFIG.parent.parent)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
     }
@@ -155,6 +180,10 @@ def markdown(r: dict) -> str:
         vs = f"{-100 * red[v]:+.0f}%" if v in red and v != "vanilla" else ""
         lines.append(f"| {v} | {ms(row, 'ee_pos_error')} | {fs(row, 'joint_pos_error', 4)} | {fs(row, 'joint_vel_error')} "
                      f"| {fs(row, 'joint_acc_error', 2)} | {vs} |")
+    if r["oracle_finetune_on_twin"]:
+        row = r["oracle_finetune_on_twin"]
+        lines.append(f"| *reference: fine-tuned on the twin itself* | {ms(row, 'ee_pos_error')} | "
+                     f"{fs(row, 'joint_pos_error', 4)} | {fs(row, 'joint_vel_error')} | {fs(row, 'joint_acc_error', 2)} | |")
     t = r["target"]
     lines += ["", f"Target (ASAP ≥ 30% below vanilla and below SysID and DeltaDynamics): reduction "
               f"{100 * red.get('asap', float('nan')):.0f}% ({'met' if t['met_reduction'] else 'not met'}), below both "
@@ -194,6 +223,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, help="run the whole recipe for this seed")
     p.add_argument("--gain-check", action="store_true")
+    p.add_argument("--oracle", type=int, metavar="SEED", help="reference: fine-tune seed SEED's policy on the twin")
     p.add_argument("--sysid-delay", action="store_true", help="the SysID reference with the delay in its search")
     p.add_argument("--report", action="store_true")
     p.add_argument("--work", type=Path, default=Path("runs/bench_asap"))
@@ -205,6 +235,8 @@ def main() -> None:
         print(json.dumps(out["closed_loop_pos_error"]), f"{time.perf_counter() - t0:.0f} s")
     if args.gain_check:
         print(json.dumps(gain_check(args.work, not args.quiet), indent=2))
+    if args.oracle is not None:
+        print(json.dumps(oracle(args.work, args.oracle, not args.quiet)))
     if args.sysid_delay:
         print(json.dumps(sysid_with_delay(args.work, not args.quiet)["closed_loop"], indent=2))
     if args.report:
