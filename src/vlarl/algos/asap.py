@@ -35,6 +35,7 @@ from vlarl.envs.twin import PhysicsTwin, TwinConfig
 from vlarl.errors import VlarlError
 
 DELTA_OBS_DIM = 12  # joint positions and velocities (6), previous command (3), action (3)
+DELTA_PRIVILEGED_DIM = 12  # the critic's view: the recorded real joint state now and next
 SYSID_PARAMS = ("mass", "friction", "damping", "actuator_gain", "action_delay")
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlarl.algos.asap import (DELTA_OBS_DIM, OpenLoopReplay, Recordings, ResidualDynamics, delta_obs,
+from vlarl.algos.asap import (DELTA_OBS_DIM, DELTA_PRIVILEGED_DIM, OpenLoopReplay, Recordings, ResidualDynamics, delta_obs,
                               fit_residual_dynamics, ideal_gain_delta, replay_errors, residual_dataset,
                               start_replay, sysid_search, twin_fields)
 from vlarl.algos.asymmetric_ppo import AsymmetricActorCritic, OnPolicyConfig, train_ppo
@@ -158,7 +158,7 @@ def new_policy(cfg: ASAPConfig, log_std: float) -> AsymmetricActorCritic:
 
 
 def delta_model(cfg: ASAPConfig) -> AsymmetricActorCritic:
-    return AsymmetricActorCritic(DELTA_OBS_DIM, 12, 3, cfg.delta.train.hidden, cfg.delta.init_log_std)
+    return AsymmetricActorCritic(DELTA_OBS_DIM, DELTA_PRIVILEGED_DIM, 3, cfg.delta.train.hidden, cfg.delta.init_log_std)
 
 
 def delta_fn(model: AsymmetricActorCritic):
@@ -191,12 +191,12 @@ def ppo_stage(path: Path, model: AsymmetricActorCritic, make_envs: Any, cfg: OnP
     try:
         out = train_ppo(model, envs, cfg, seed, log=run.log, counters=counters, opt=opt, progress=bar.update,
                         checkpoint=lambda _u, c: run.save(c["env_steps"], {"model": model}, {"opt": opt}, counters=c))
+        run.write_results(out)
     finally:
         bar.close()
+        run.close()
         for env in envs:
             env.close()
-    run.write_results(out)
-    run.close()
     return out
 
 
@@ -429,6 +429,7 @@ def train_asap(cfg: ASAPConfig | None = None, resume: Run | None = None, progres
         _check(given)
     run, cfg = Run.start(cfg, resume, exist_ok=True)
     seed_everything(cfg.seed)
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     root, t0 = run.path, time.perf_counter()
     todo = STAGES if cfg.stage == "all" else (cfg.stage,)
@@ -464,6 +465,7 @@ def train_asap(cfg: ASAPConfig | None = None, resume: Run | None = None, progres
             (root / "results.md").write_text(results_table(results, f"ASAP ({root})"))
     finally:
         run.close()
+        torch.set_num_threads(threads)
     return results
 
 
