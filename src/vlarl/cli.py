@@ -46,12 +46,24 @@ def _parser() -> argparse.ArgumentParser:
         col.add_argument("--" + flag.replace("_", "-"), dest=flag)
     col.add_argument("overrides", nargs="*", help="dotted overrides, e.g. env.options.reward=sparse")
 
-    ds = sub.add_parser("dataset", help="inspect datasets")
+    ds = sub.add_parser("dataset", help="inspect, export and import datasets")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
     info = ds_sub.add_parser("info", help="summary of a dataset")
     info.add_argument("path")
     info.add_argument("--verify", action="store_true", help="read every episode file and report damage")
     info.add_argument("--json", action="store_true", help="print JSON")
+    exp = ds_sub.add_parser("export", help="write a vlarl dataset in another layout (LeRobotDataset v2.1)")
+    exp.add_argument("--format", required=True, choices=["lerobot"])
+    exp.add_argument("--video", action="store_true", help="cameras as H.264 videos (lossy) instead of PNG frames")
+    exp.add_argument("--robot-type", default="vlarl")
+    exp.add_argument("path", metavar="DIR")
+    exp.add_argument("out", metavar="OUT")
+    imp = ds_sub.add_parser("import", help="read a dataset in another layout (LeRobotDataset v2.x) into vlarl's")
+    imp.add_argument("--format", required=True, choices=["lerobot"])
+    imp.add_argument("--task", help="task name for episodes without vlarl metadata (default: the robot type)")
+    imp.add_argument("--source", default="human", help="episode source for episodes without vlarl metadata")
+    imp.add_argument("path", metavar="DIR")
+    imp.add_argument("out", metavar="OUT")
 
     train = sub.add_parser("train", help="train a policy")
     train_sub = train.add_subparsers(dest="recipe", required=True)
@@ -221,6 +233,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _dataset_info(args: argparse.Namespace) -> int:
     from vlarl.data import EpisodeDataset
+
+    if args.dataset_command in ("export", "import"):
+        from vlarl.data.lerobot import export_lerobot, import_lerobot
+
+        if args.dataset_command == "export":
+            out = export_lerobot(args.path, args.out, video=args.video, robot_type=args.robot_type)
+        else:
+            out = import_lerobot(args.path, args.out, task=args.task, source=args.source)
+        print(json.dumps(out))
+        return 0
 
     data = EpisodeDataset(args.path)
     summary = data.summary()
