@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out")
 
     sub.add_parser("envs", help="list the registered envs and their instructions")
+    rep = sub.add_parser("report", help="gather benchmarks/results into one Markdown + HTML report")
+    rep.add_argument("--results", default="benchmarks/results", help="folder of benchmark results (.md, .json, .png)")
+    rep.add_argument("--out", default="report.md", help="Markdown file to write (the HTML goes beside it)")
+    rep.add_argument("--no-html", action="store_true")
     return p
 
 
@@ -218,6 +222,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             lo, hi = r["ci95"]
             print(f"{env:36s} success {r['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})  mean length {r['mean_length']:.1f}")
         print(f"mean success {summary['mean_success']:.3f}; results in {summary['out']}")
+        return 0
+    if args.command == "report":
+        from vlarl.report import write_report
+
+        print(json.dumps(write_report(args.results, args.out, html_out=not args.no_html), indent=2))
         return 0
     if args.command == "envs":
         from vlarl.envs import ENV_NAMES
