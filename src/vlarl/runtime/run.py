@@ -14,6 +14,7 @@ logged after the last checkpoint are dropped (they will be logged again), and
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +31,9 @@ from vlarl.runtime.config import load_config, save_config
 C = TypeVar("C")
 
 
+WANDB_ENV = "VLARL_WANDB_PROJECT"  # set to a project name to log every run to Weights & Biases too
+
+
 class Run:
     def __init__(self, path: Path, config: Any, resumed_step: int | None = None) -> None:
         self.path = path
@@ -37,6 +41,7 @@ class Run:
         self.resumed_step = resumed_step
         self._tb = None
         self._metrics = open(path / "metrics.jsonl", "a")
+        self._wandb = _start_wandb(path, config) if os.environ.get(WANDB_ENV) else None
 
     @classmethod
     def create(cls, root: str | Path, name: str, config: Any, exist_ok: bool = False) -> Run:
@@ -93,6 +98,8 @@ class Run:
             row[key] = value
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k not in ("step", "time")}, step=int(step))
 
     def write_results(self, results: Mapping[str, Any], name: str = "results.json") -> Path:
         path = self.path / name
@@ -127,6 +134,9 @@ class Run:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         self._metrics.close()
 
     def __enter__(self) -> Run:
@@ -134,6 +144,25 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _start_wandb(path: Path, config: Any) -> Any:
+    """A Weights & Biases run beside TensorBoard, asked for by ``VLARL_WANDB_PROJECT``; its id is
+    kept in the run directory so a resumed run continues the same W&B run."""
+    try:
+        import wandb
+    except ImportError:
+        raise VlarlError(f"{WANDB_ENV} is set but wandb is not installed: pip install wandb "
+                         f"(or unset {WANDB_ENV})") from None
+    from vlarl.runtime.config import to_dict
+
+    id_file = path / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else None
+    if run_id is None:
+        run_id = wandb.util.generate_id()
+        atomic_write_text(id_file, run_id)
+    return wandb.init(project=os.environ[WANDB_ENV], name=path.name, id=run_id, resume="allow",
+                      dir=str(path), config=to_dict(config) if hasattr(config, "__dataclass_fields__") else {})
 
 
 def finish_stage(train: Callable[..., dict[str, Any]], config_cls: type, cfg: Any, progress: bool = True) -> dict[str, Any]:
