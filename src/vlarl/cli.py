@@ -120,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--twin-strength", type=float)
     ev.add_argument("--out")
 
+    robot = sub.add_parser("robot", help="serve an env (a robot's driver or a sim) to remote actors")
+    robot_sub = robot.add_subparsers(dest="robot_command", required=True)
+    serve = robot_sub.add_parser("serve", help="serve ENV over the network (vlarl.runtime.bridge)")
+    serve.add_argument("--env", required=True, help="a registered env name, e.g. panda/pick-cube")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one)")
+    serve.add_argument("--port", type=int, default=7000)
+    serve.add_argument("--safety", action="store_true", help="wrap the env in the default SafetyBox")
+    serve.add_argument("options", nargs="*", help="env options as key=value, e.g. obs_mode=pixels")
     sub.add_parser("envs", help="list the registered envs and their instructions")
     rep = sub.add_parser("report", help="gather benchmarks/results into one Markdown + HTML report")
     rep.add_argument("--results", default="benchmarks/results", help="folder of benchmark results (.md, .json, .png)")
@@ -228,6 +236,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(write_report(args.results, args.out, html_out=not args.no_html), indent=2))
         return 0
+    if args.command == "robot":
+        return _robot_serve(args)
     if args.command == "envs":
         from vlarl.envs import ENV_NAMES
         from vlarl.envs.instructions import METAWORLD_INSTRUCTIONS
@@ -238,6 +248,30 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{name:40s} {extra.get(name) or METAWORLD_INSTRUCTIONS[name.split('/', 1)[1]]}")
         return 0
     raise AssertionError(args.command)
+
+
+def _robot_serve(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vlarl.envs import make
+    from vlarl.envs.robot import SafetyBox
+    from vlarl.runtime.bridge import RobotServer
+
+    options = {}
+    for item in args.options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise VlarlError(f"robot serve: option {item!r} is not key=value")
+        options[key] = yaml.safe_load(value)
+
+    def make_env():
+        env = make(args.env, **options)
+        return SafetyBox(env) if args.safety else env
+
+    server = RobotServer(make_env, args.host, args.port)
+    print(f"robot: serving {args.env} on {server.address[0]}:{server.address[1]}", flush=True)
+    server.serve_forever()
+    return 0
 
 
 def _dataset_info(args: argparse.Namespace) -> int:
