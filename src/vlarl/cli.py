@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--safety", action="store_true", help="wrap the env in the default SafetyBox")
     serve.add_argument("options", nargs="*", help="env options as key=value, e.g. obs_mode=pixels")
     sub.add_parser("envs", help="list the registered envs and their instructions")
+    rpr = sub.add_parser("reproduce", help="run a method's benchmark end to end (data, training, evaluation, figures)")
+    rpr.add_argument("method", help="sft, rlpd, hil-serl, conrft, ire-vla, grape, rldg or asap")
+    rpr.add_argument("--budget", type=float, help="minutes; stops between commands once spent (default 1.5x the plan)")
+    rpr.add_argument("--dry-run", action="store_true", help="print the plan and its commands only")
     rep = sub.add_parser("report", help="gather benchmarks/results into one Markdown + HTML report")
     rep.add_argument("--results", default="benchmarks/results", help="folder of benchmark results (.md, .json, .png)")
     rep.add_argument("--out", default="report.md", help="Markdown file to write (the HTML goes beside it)")
@@ -230,6 +234,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             lo, hi = r["ci95"]
             print(f"{env:36s} success {r['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})  mean length {r['mean_length']:.1f}")
         print(f"mean success {summary['mean_success']:.3f}; results in {summary['out']}")
+        return 0
+    if args.command == "reproduce":
+        from vlarl.reproduce import reproduce
+
+        out = reproduce(args.method, budget_minutes=args.budget, dry_run=args.dry_run)
+        print(json.dumps(out, indent=2))
         return 0
     if args.command == "report":
         from vlarl.report import write_report
