@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -269,16 +270,21 @@ class SACLearner:
         # compiled once per learner; the first update pays the compile time (about 30 s on 2 CPU cores)
         self.critic_loss = torch.compile(critic_loss) if cfg.compile else critic_loss
         self.env_steps = 0  # set by online recipes; SAC has no schedule that reads it
+        # Called with the parameters about to be stepped, after each backward: data-parallel
+        # learners average gradients here (runtime.distributed.average_gradients).
+        self.grad_sync: Callable[[Iterable[nn.Parameter]], None] | None = None
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
 
     def update(self, batches: list[dict[str, Any]], update_actor: bool = True) -> dict[str, torch.Tensor]:
         agent = self.agent
+        sync = self.grad_sync or (lambda _params: None)
         for batch in batches:
             loss_q = self.critic_loss(agent, batch)
             self.critic_opt.zero_grad(set_to_none=True)
             loss_q.backward()
+            sync(agent.critic.parameters())
             self.critic_opt.step()
             soft_update(agent.target_critic, agent.critic, agent.cfg.tau)
         info = {"critic_loss": loss_q.detach()}
@@ -286,10 +292,12 @@ class SACLearner:
             loss_pi, logp = actor_loss(agent, batches[-1])
             self.actor_opt.zero_grad(set_to_none=True)
             loss_pi.backward()
+            sync(p for g in self.actor_opt.param_groups for p in g["params"])
             self.actor_opt.step()
             loss_alpha = temperature_loss(agent, logp)
             self.alpha_opt.zero_grad(set_to_none=True)
             loss_alpha.backward()
+            sync(p for g in self.alpha_opt.param_groups for p in g["params"])
             self.alpha_opt.step()
             info.update(actor_loss=loss_pi.detach(), alpha=agent.alpha.detach(), entropy=-logp.mean())
         return info

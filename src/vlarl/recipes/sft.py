@@ -150,19 +150,29 @@ def load_sft_policy(sft_dir: Path, device: torch.device) -> tuple[VLAPolicy, dic
 def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
     from vlarl.models.language import InstructionEncoder
 
-    run, cfg = Run.start(cfg, resume)
-    device = resolve_device(cfg.device)
+    from vlarl.runtime import distributed
+
+    device = resolve_device((resume.config if resume is not None else cfg).device)
+    ctx = distributed.init_from_env(device)
+    if ctx.is_main:
+        run, cfg = Run.start(cfg, resume)
+    else:  # rank 0 makes (or reopens) the run; the others follow it and write nothing
+        cfg = resume.config if resume is not None else cfg
+        run, progress = distributed.FollowerRun(cfg.run_dir if resume is None else resume.path, cfg), False
+    distributed.barrier(ctx)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = SFTData(cfg.datasets, cfg.policy.chunk, cfg.episodes_per_dataset)
     lang = InstructionEncoder()
     lang_table = lang(data.instructions).to(device)
     policy = VLAPolicy(cfg.policy, data.cameras, data.image_size, data.state_dim, data.action_dim).to(device)
-    (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
+    if ctx.is_main:
+        (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     counters = run.restore({"policy": policy}, {"opt": opt}, {"rng": rng})
     if counters is None and cfg.init_run:  # a new run fine-tuning a trained generalist
         _load_init(policy, cfg.init_run, policy_spec(policy, data), device)
+    distributed.broadcast_module(policy, ctx)
     counters = counters or {"step": 0, "train_seconds": 0.0}
     if "shift_rng" in counters:
         gen.set_state(counters["shift_rng"])
@@ -186,6 +196,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if update:
+            distributed.average_gradients(policy.parameters(), ctx)  # each process held 1/N of the batch
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
         return loss.detach()
@@ -198,8 +209,8 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     bar = tqdm(total=cfg.steps, initial=step, desc="sft", unit="step", disable=not progress)
     t_start, losses = time.perf_counter(), []
     while step < cfg.steps:
-        idx = torch.from_numpy(rng.integers(0, len(data), cfg.batch_size))
-        losses.append(train_step(idx, cached))
+        idx = torch.from_numpy(rng.integers(0, len(data), cfg.batch_size))  # the same on every process
+        losses.append(train_step(distributed.shard(idx, ctx), cached))
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -207,7 +218,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
             losses.clear()
             run.log(step, loss=loss)
             bar.set_postfix(loss=f"{loss:.4f}")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and ctx.is_main:
             _log_eval(run, step, evaluate_policy(policy, lang, data.tasks, cfg, run.path / f"eval_{step}"))
         if step % cfg.save_every == 0 or step == cfg.steps:
             counters = {"step": step, "train_seconds": counters["train_seconds"] + time.perf_counter() - t_start,
@@ -215,6 +226,9 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
             t_start = time.perf_counter()
             run.save(step, {"policy": policy}, {"opt": opt}, counters, {"rng": rng})
     bar.close()
+    if not ctx.is_main:
+        distributed.barrier(ctx)  # rank 0 evaluates and writes the results
+        return {"rank": ctx.rank, "steps": step}
     final = evaluate_policy(policy, lang, data.tasks, cfg, run.path / "eval", videos=cfg.video_episodes)
     _log_eval(run, step, final)
     results.update(_summary(final), train_seconds=counters["train_seconds"], steps=step)
@@ -226,6 +240,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
 
     plot_training(run.path)
     run.close()
+    distributed.barrier(ctx)
     return results
 
 
