@@ -18,6 +18,7 @@ When the robot side dies or stops answering within ``timeout_s``, the call in fl
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -36,6 +37,18 @@ class RobotDisconnected(VlarlError):
     """The robot side closed the connection or stopped answering."""
 
 
+def _no_delay(conn: Connection) -> Connection:
+    """Send small messages at once: a message larger than a few KB goes out as a header and a
+    body, and Nagle's algorithm holding the body for the header's delayed ACK costs ~40 ms a
+    step (measured: 44 ms per 84 px step without this, under 1 ms with it)."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        sock.close()
+    return conn
+
+
 class RobotServer:
     """Serves one env (built by ``make_env``, on the robot's computer) to remote clients."""
 
@@ -50,7 +63,7 @@ class RobotServer:
         served = 0
         try:
             while max_clients is None or served < max_clients:
-                conn = self.listener.accept()
+                conn = _no_delay(self.listener.accept())
                 served += 1
                 self.log(f"robot: client connected from {self.listener.last_accepted}")
                 self._serve(conn)
@@ -112,7 +125,7 @@ class RemoteEnv(gym.Env):
         deadline = time.monotonic() + self.connect_timeout_s
         while True:
             try:
-                self._conn = Client(self.address, authkey=self.authkey)
+                self._conn = _no_delay(Client(self.address, authkey=self.authkey))
                 return
             except (ConnectionRefusedError, socket.timeout, OSError) as err:
                 if time.monotonic() > deadline:
