@@ -80,7 +80,7 @@ def gather(results: Path) -> list[dict[str, Any]]:
 
 def _demote(md: str) -> str:
     """Headings three levels down, so each file nests under its section (##) and result (###)."""
-    return re.sub(r"^(#{1,5}) ", lambda m: "#" * min(len(m.group(1)) + 3, 6) + " ", md, flags=re.M)
+    return re.sub(r"^(#{1,5}) ", lambda m: "#" * min(len(m.group(1)) + 3, 6) + " ", md, flags=re.MULTILINE)
 
 
 def render_markdown(sections: list[dict[str, Any]], results: Path, out_dir: Path) -> str:

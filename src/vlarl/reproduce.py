@@ -30,12 +30,12 @@ PLANS: dict[str, Plan] = {
     "sft": Plan(10, ("benchmarks/sft_metaworld.py",), "sft_metaworld.{json,md}"),
     "rlpd": Plan(140, ("benchmarks/rlpd_metaworld.py --seeds 0 1 --utd 3 --ensemble 2 --workers 2",),
                  "rlpd_metaworld.{json,md,png}"),
-    "hil-serl": Plan(60, ("benchmarks/hil_serl_pick_cube.py --steps 30000 --obs-mode state --eval-every 2500 "
-                          "--pixel-steps 1500 --classifier-episodes 40",), "hil_serl_pick_cube.{json,md,png}"),
-    "conrft": Plan(125, ("benchmarks/conrft_bench.py --env panda/pick-cube", "benchmarks/conrft_bench.py --env "
-                         "metaworld/drawer-open", "benchmarks/conrft_bench.py --report"), "conrft.{json,md}"),
-    "ire-vla": Plan(120, ("benchmarks/ire_vla_metaworld.py --methods ire-vla --iterations 2 --rl-steps 8192 "
-                          "--eval-episodes 30",), "ire_vla.{json,md}"),
+    "hil-serl": Plan(60, (("benchmarks/hil_serl_pick_cube.py --steps 30000 --obs-mode state --eval-every 2500 "
+                          "--pixel-steps 1500 --classifier-episodes 40"),), "hil_serl_pick_cube.{json,md,png}"),
+    "conrft": Plan(125, ("benchmarks/conrft_bench.py --env panda/pick-cube", ("benchmarks/conrft_bench.py --env "
+                         "metaworld/drawer-open"), "benchmarks/conrft_bench.py --report"), "conrft.{json,md}"),
+    "ire-vla": Plan(120, (("benchmarks/ire_vla_metaworld.py --methods ire-vla --iterations 2 --rl-steps 8192 "
+                          "--eval-episodes 30"),), "ire_vla.{json,md}"),
     "grape": Plan(35, ("benchmarks/grape_metaworld.py --run task", "benchmarks/grape_metaworld.py --run safety",
                        "benchmarks/grape_metaworld.py --run efficiency", "benchmarks/grape_metaworld.py --report"),
                   "grape.{json,md}"),

@@ -165,7 +165,8 @@ def train_ppo(model: AsymmetricActorCritic, envs: Sequence[Any], cfg: OnPolicyCo
         with torch.no_grad():  # the old log-probs under the updated normaliser, so ratios start at 1
             old_logp = model.dist(flat_o).log_prob(a_buf.flatten(0, 1))
 
-        def evaluate(idx: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        def evaluate(idx: torch.Tensor, actions: torch.Tensor, flat_o: torch.Tensor = flat_o,
+                     flat_p: torch.Tensor = flat_p) -> tuple[torch.Tensor, ...]:
             d = model.dist(flat_o[idx])
             return d.log_prob(actions), d.entropy(), model.value(flat_o[idx], flat_p[idx])
 

@@ -20,8 +20,9 @@ y = c r + gamma (1 - terminated) min over Z critics of Q'(s', a'), a' = pi(s') o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +171,7 @@ class _TanhGaussian(Distribution):
     """The tanh-Gaussian head's exact log-probabilities; entropy estimated by -log p of one
     sample (it has no closed form)."""
 
-    arg_constraints: dict = {}
+    arg_constraints: ClassVar[dict] = {}
 
     def __init__(self, head: nn.Module, features: torch.Tensor) -> None:
         self._head, self._features = head, features

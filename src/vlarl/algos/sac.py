@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from vlarl.errors import DatasetError
 from vlarl.fileio import atomic_write_text, fsync_dir
@@ -127,7 +128,7 @@ class EpisodeWriter:
     def __init__(self, root: str | Path, fps: float = 10.0, chunk_size: int = CHUNK_SIZE) -> None:
         self.root = Path(root)
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / "meta" / ".writer.lock", "w")
+        self._lock = open(self.root / "meta" / ".writer.lock", "w")  # noqa: SIM115 -- held for the writer's life
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -238,7 +239,7 @@ class EpisodeWriter:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
 
-    def __enter__(self) -> EpisodeWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,6 +22,7 @@ Importing a dataset without our final observations repeats the last one; without
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -165,6 +166,10 @@ def _features(arrays: dict[str, np.ndarray], cams: list[str], video: bool, state
     return features
 
 
+def _column(table: dict[str, list], order: np.ndarray, key: str) -> list:
+    return [table[key][i] for i in order]
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -203,7 +208,7 @@ def import_lerobot(src: str | Path, out: str | Path, task: str | None = None, so
                 raise DatasetError(f"{path}: missing (episode {n} of {src / 'meta' / 'episodes.jsonl'})")
             table = pq.read_table(path).to_pydict()
             order = np.argsort(table["frame_index"])
-            col = lambda k: [table[k][i] for i in order]
+            col = functools.partial(_column, table, order)
             T = len(order)
             arrays: dict[str, np.ndarray] = {"observation.state": np.asarray(col("observation.state"), np.float32)}
             for cam in cams:

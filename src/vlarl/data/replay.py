@@ -200,7 +200,7 @@ def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size:
     """RLPD's symmetric sampling: exactly round(batch_size * offline_ratio) offline transitions
     in every minibatch, the rest online; all minibatches drawn in one call each. Online rows
     come first; ``offline`` (n_batches, batch_size) marks the offline ones."""
-    n_off = int(round(batch_size * offline_ratio)) if offline is not None else 0
+    n_off = round(batch_size * offline_ratio) if offline is not None else 0
     n_on = batch_size - n_off
     parts = []
     if n_on:

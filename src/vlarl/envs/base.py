@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +20,7 @@ class VlarlEnv(gym.Env):
     ``_state``, ``_render_cameras``, ``expert_action`` and ``privileged_state``.
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
     render_mode = "rgb_array"
     gripper_action: int | None = None  # index of the gripper command in the action (None: no gripper)
 

@@ -99,8 +99,8 @@ def validate_cost_code(code: str) -> ast.Module:
             name = getattr(node, "id", None) or getattr(node, "name", None) or node.arg
             if name.startswith("_") or name.endswith("_"):
                 raise VlarlError(f"{where}: name {name!r} is not allowed")
-        if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in set(HELPERS) | defined:
+        if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name)
+                                           or node.func.id not in set(HELPERS) | defined):
                 raise VlarlError(f"{where}: only {sorted(HELPERS)} and the code's own functions may be called")
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
             exp = node.right
@@ -116,7 +116,7 @@ def compile_stage_costs(code: str, sample: Keypoints) -> TaskCosts:
     tree = validate_cost_code(code)
     namespace: dict[str, Any] = {"__builtins__": dict(HELPERS)}
     try:
-        exec(compile(tree, "<generated costs>", "exec"), namespace)  # validated above; no builtins but the helpers
+        exec(compile(tree, "<generated costs>", "exec"), namespace)  # noqa: S102 -- validated above; no builtins but the helpers
     except Exception as err:  # noqa: BLE001 -- any failure of generated code is a rejection
         raise VlarlError(f"generated cost code failed to run: {type(err).__name__}: {err}") from None
     raw = namespace.get("STAGES")
@@ -154,7 +154,7 @@ Reply with one ```python code block."""
 
 def extract_code(reply: str) -> str:
     """The first fenced code block of a reply, or the whole reply when it has none."""
-    m = re.search(r"```(?:python|py)?\s*\n(.*?)```", reply, re.S)
+    m = re.search(r"```(?:python|py)?\s*\n(.*?)```", reply, re.DOTALL)
     return m.group(1) if m else reply
 
 

@@ -16,8 +16,9 @@ with training progress, as a person intervenes less once the policy is good.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -66,7 +67,7 @@ class SimulatedHuman:
     def budget(self) -> int:
         c = self.cfg
         frac = min(1.0, self.progress / c.decay_steps)
-        return int(round(c.budget + (c.min_budget - c.budget) * frac))
+        return round(c.budget + (c.min_budget - c.budget) * frac)
 
     def __call__(self, obs: dict[str, Any], policy_action: np.ndarray) -> np.ndarray | None:
         if self._used >= self.budget:

@@ -3,8 +3,9 @@ privileged info, a pixel recorder, and ASAP's last-action observation and delta 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

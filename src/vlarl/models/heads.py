@@ -4,6 +4,7 @@ a behaviour-cloning loss; the stochastic ones give exact log-probabilities."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -132,7 +133,7 @@ class CriticHead(nn.Module):
         sizes = [dim + action_dim] + [hidden] * layers + [1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        for d_in, d_out in itertools.pairwise(sizes):
             w = torch.empty(ensemble, d_in, d_out)
             for e in range(ensemble):
                 nn.init.kaiming_uniform_(w[e].T, a=math.sqrt(5))

@@ -84,7 +84,7 @@ class HFVLMTrunk(nn.Module):
         state_token = self.state_proj(state)[:, None].to(words.dtype)
         embeds = torch.cat([*images, words, state_token], dim=1)
         b = embeds.shape[0]
-        ones = lambda n: torch.ones(b, n, dtype=text["attention_mask"].dtype, device=device)  # noqa: E731
+        ones = lambda n: torch.ones(b, n, dtype=text["attention_mask"].dtype, device=device)
         mask = torch.cat([*(ones(i.shape[1]) for i in images), text["attention_mask"], ones(1)], dim=1)
         hidden = self._language_model()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         return hidden[:, -1].float()

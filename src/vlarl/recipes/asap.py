@@ -33,9 +33,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlarl.algos.asap import (DELTA_OBS_DIM, DELTA_PRIVILEGED_DIM, OpenLoopReplay, Recordings, ResidualDynamics, delta_obs,
-                              fit_residual_dynamics, ideal_gain_delta, replay_errors, residual_dataset,
-                              start_replay, sysid_search, twin_fields)
+from vlarl.algos.asap import (
+    DELTA_OBS_DIM,
+    DELTA_PRIVILEGED_DIM,
+    OpenLoopReplay,
+    Recordings,
+    ResidualDynamics,
+    delta_obs,
+    fit_residual_dynamics,
+    ideal_gain_delta,
+    replay_errors,
+    residual_dataset,
+    start_replay,
+    sysid_search,
+    twin_fields,
+)
 from vlarl.algos.asymmetric_ppo import AsymmetricActorCritic, OnPolicyConfig, train_ppo
 from vlarl.algos.ppo import PPOConfig
 from vlarl.envs.arm import CONTROL_DT, PRIVILEGED_DIM, _fk
@@ -488,6 +500,6 @@ def results_table(results: dict[str, Any], title: str) -> str:
         lines += ["", f"SysID fit: `{results['sysid']['twin']}`"]
     if "gain_check" in results:
         g = results["gain_check"]
-        lines += ["", f"Gain check (twin gain {g['actuator_gain']}): learned vs closed-form delta, relative gap "
-                  f"{g['relative_gap']:.2f}, correlation {g['correlation']:.2f}"]
+        lines += ["", (f"Gain check (twin gain {g['actuator_gain']}): learned vs closed-form delta, relative gap "
+                  f"{g['relative_gap']:.2f}, correlation {g['correlation']:.2f}")]
     return "\n".join(lines) + "\n"

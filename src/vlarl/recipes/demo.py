@@ -137,17 +137,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         curve = ", ".join(f"{e['step']}: {e['success']:.2f}" for e in summary["evals"])
         # A rerun of a finished demo steps no actor: there is no rate to show.
         hz = f"actor {summary['actor_hz']:.0f} Hz" if summary["actor_hz"] is not None else "already trained"
-        lines = [f"vlarl demo: HIL-SERL on {summary['env']} from {summary['obs_mode']}, {summary['demos']} demos, "
+        lines = [(f"vlarl demo: HIL-SERL on {summary['env']} from {summary['obs_mode']}, {summary['demos']} demos, "
                  f"simulated human, {summary['env_steps']} env steps / {summary['updates']} updates in "
-                 f"{summary['wall_clock_min']:.1f} min ({hz})", "",
-                 f"  policy alone, {summary['final_episodes']} episodes: success {summary['success_before']:.2f} "
-                 f"before training -> {summary['mean_success']:.2f} after (95% CI {lo:.2f}-{hi:.2f})",
+                 f"{summary['wall_clock_min']:.1f} min ({hz})"), "",
+                 (f"  policy alone, {summary['final_episodes']} episodes: success {summary['success_before']:.2f} "
+                 f"before training -> {summary['mean_success']:.2f} after (95% CI {lo:.2f}-{hi:.2f})"),
                  f"  success by env step: {curve}",
                  f"  interventions: {summary['intervention_rate']:.2f} of all steps", "",
                  f"plot   {summary['plot']}"] + [f"video  {v}" for v in summary["videos"]]
         return "\n".join(lines) + "\n" + json.dumps({"mean_success": summary["mean_success"]})
-    lines = [f"vlarl demo: {summary['demos']} scripted demos of {summary['env']} ({summary['instruction']!r}) "
-             f"-> SFT {summary['sft_steps']} steps ({summary['train_seconds']:.0f} s) -> evaluation", ""]
+    lines = [(f"vlarl demo: {summary['demos']} scripted demos of {summary['env']} ({summary['instruction']!r}) "
+             f"-> SFT {summary['sft_steps']} steps ({summary['train_seconds']:.0f} s) -> evaluation"), ""]
     for env, r in summary["per_task"].items():
         lo, hi = r["ci95"]
         lines.append(f"  {env:32s} success {r['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}), "

@@ -30,7 +30,15 @@ from tqdm import tqdm
 
 from vlarl.algos.grape import GCPGWeights, TPOConfig, gcpg_score, preference_pairs, tpo_step, trajectory_log_probs
 from vlarl.envs.cost_generator import CostGeneratorConfig, generate_costs
-from vlarl.envs.stage_costs import OBJECTIVES, KeepOutZone, Keypoints, TaskCosts, keypoints, objective_costs, stage_report
+from vlarl.envs.stage_costs import (
+    OBJECTIVES,
+    KeepOutZone,
+    Keypoints,
+    TaskCosts,
+    keypoints,
+    objective_costs,
+    stage_report,
+)
 from vlarl.errors import VlarlError, unknown
 from vlarl.eval.stats import wilson_interval
 from vlarl.models.groups import set_trainable

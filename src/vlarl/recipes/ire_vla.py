@@ -236,7 +236,8 @@ def rl_stage(policy: VLAPolicy, lang_of: dict[str, torch.Tensor], specs: list[tu
                 adv = adv.view_as(values)
                 returns = returns.view_as(values)
 
-            def evaluate(idx: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            def evaluate(idx: torch.Tensor, actions: torch.Tensor, flat: dict[str, torch.Tensor] = flat,
+                         flat_lang: torch.Tensor = flat_lang) -> tuple[torch.Tensor, ...]:
                 if whole_model:  # gradients flow through the trunk; the encoder's tokens are frozen
                     feats = policy.features(flat["tokens"][idx].float(), flat["state"][idx], flat_lang[idx])
                 else:  # the trunk is frozen: features from the rollout, no graph behind them
@@ -381,7 +382,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
                                             "reward": "sparse", "terminate_on_success": True}) for i in range(n)]
             clock0 = counters["clock"]
 
-            def log(env_steps: int, **row: float) -> None:
+            def log(env_steps: int, clock0: int = clock0, **row: float) -> None:
                 run.log(clock0 + env_steps, **{f"rl/{key}": v for key, v in row.items()})
 
             stats = rl_stage(policy, lang_of, specs, cfg, cfg.mode == "whole-model-ppo", d_rl_dir,
@@ -486,6 +487,6 @@ def results_table(results: dict[str, Any], title: str) -> str:
     for env, p in results["per_task"].items():
         lines.append(f"| {env} | {p['before']:.2f} | {p['before_ci95'][0]:.2f}-{p['before_ci95'][1]:.2f} | "
                      f"{p['after']:.2f} | {p['after_ci95'][0]:.2f}-{p['after_ci95'][1]:.2f} | {p['delta']:+.2f} |")
-    lines += ["", f"Mean {results['mean_before']:.2f} -> {results['mean_after']:.2f}; "
-              f"tasks improved by >= 0.2: {results['tasks_improved']}; max forgetting {results['max_forgetting']:.2f}."]
+    lines += ["", (f"Mean {results['mean_before']:.2f} -> {results['mean_after']:.2f}; "
+              f"tasks improved by >= 0.2: {results['tasks_improved']}; max forgetting {results['max_forgetting']:.2f}.")]
     return "\n".join(lines) + "\n"

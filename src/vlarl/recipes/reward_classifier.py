@@ -78,7 +78,7 @@ def train_reward_classifier(cfg: RewardClassifierConfig | None = None, resume: R
     n_eps = len(images)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(n_eps)
-    n_test = max(1, int(round(cfg.holdout * n_eps))) if n_eps > 1 else 0
+    n_test = max(1, round(cfg.holdout * n_eps)) if n_eps > 1 else 0
     test_eps, train_eps = sorted(order[:n_test]), sorted(order[n_test:])
     model = RewardClassifier(cameras, size, cfg.encoder)
 

@@ -149,7 +149,6 @@ def load_sft_policy(sft_dir: Path, device: torch.device) -> tuple[VLAPolicy, dic
 
 def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
     from vlarl.models.language import InstructionEncoder
-
     from vlarl.runtime import distributed
 
     device = resolve_device((resume.config if resume is not None else cfg).device)

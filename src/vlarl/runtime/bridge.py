@@ -83,7 +83,7 @@ class RobotServer:
                     return
                 try:
                     conn.send(("ok", self._handle(kind, payload)))
-                except Exception as err:  # the robot keeps serving; the client gets the message
+                except Exception as err:  # noqa: BLE001 -- the robot keeps serving; the client gets the message
                     conn.send(("error", f"{type(err).__name__}: {err}"))
 
     def _handle(self, kind: str, payload: Any) -> Any:
@@ -127,7 +127,7 @@ class RemoteEnv(gym.Env):
             try:
                 self._conn = _no_delay(Client(self.address, authkey=self.authkey))
                 return
-            except (ConnectionRefusedError, socket.timeout, OSError) as err:
+            except (TimeoutError, ConnectionRefusedError, OSError) as err:
                 if time.monotonic() > deadline:
                     raise RobotDisconnected(f"robot at {self._where()}: cannot connect within "
                                             f"{self.connect_timeout_s:.0f} s ({err})") from None

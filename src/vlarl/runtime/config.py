@@ -74,7 +74,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (arg, *rest) = typing.get_args(tp) or (Any,)
+        (arg, *_rest) = typing.get_args(tp) or (Any,)
         items = [_convert(v, arg, where) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from typing_extensions import Self
 
 from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
@@ -40,7 +41,7 @@ class Run:
         self.config = config
         self.resumed_step = resumed_step
         self._tb = None
-        self._metrics = open(path / "metrics.jsonl", "a")
+        self._metrics = open(path / "metrics.jsonl", "a")  # noqa: SIM115 -- open for the run's life
         self._wandb = _start_wandb(path, config) if os.environ.get(WANDB_ENV) else None
 
     @classmethod
@@ -139,7 +140,7 @@ class Run:
             self._wandb = None
         self._metrics.close()
 
-    def __enter__(self) -> Run:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -26,10 +26,11 @@ import pickle
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
@@ -185,7 +186,7 @@ class LearnerServer:
                 if self._closing.is_set():
                     return
                 continue  # a client that failed the handshake
-            except Exception:  # noqa: BLE001 - an authentication failure must not end accepting
+            except Exception:  # noqa: BLE001, S112 - an authentication failure must not end accepting
                 continue
             threading.Thread(target=self._serve, args=(conn,), name="vlarl-actor-conn", daemon=True).start()
 
