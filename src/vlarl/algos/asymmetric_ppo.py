@@ -122,7 +122,7 @@ def train_ppo(model: AsymmetricActorCritic, envs: Sequence[Any], cfg: OnPolicyCo
         o_buf = torch.zeros(T, n, model.obs_dim)
         p_buf = torch.zeros(T, n, model.privileged_dim)
         a_buf = torch.zeros(T, n, model.action_dim)
-        logp, values, next_values = torch.zeros(T, n), torch.zeros(T, n), torch.zeros(T, n)
+        values, next_values = torch.zeros(T, n), torch.zeros(T, n)
         rewards, term, done = torch.zeros(T, n), torch.zeros(T, n, dtype=torch.bool), torch.zeros(T, n, dtype=torch.bool)
         for t in range(T):
             o = torch.as_tensor(np.stack(obs))
@@ -130,7 +130,7 @@ def train_ppo(model: AsymmetricActorCritic, envs: Sequence[Any], cfg: OnPolicyCo
             with torch.no_grad():
                 dist = model.dist(o)
                 action = dist.sample()
-                logp[t], values[t] = dist.log_prob(action), model.value(o, p)
+                values[t] = model.value(o, p)
             o_buf[t], p_buf[t], a_buf[t] = o, p, action
             final_o = []
             for i, env in enumerate(envs):
@@ -159,10 +159,9 @@ def train_ppo(model: AsymmetricActorCritic, envs: Sequence[Any], cfg: OnPolicyCo
         adv, ret = gae(rewards, values, next_v, term, done, ppo.gamma, ppo.gae_lambda)
         # Normalisers follow the data they will see; updated before the epochs, fixed within them.
         flat_o, flat_p = o_buf.flatten(0, 1), p_buf.flatten(0, 1)
-        old_logp = logp.flatten()
         model.obs_norm.update(flat_o)
         model.privileged_norm.update(flat_p)
-        with torch.no_grad():  # the old log-probs under the updated normaliser, so ratios start at 1
+        with torch.no_grad():  # the behaviour log-probs, under the updated normaliser: ratios start at 1
             old_logp = model.dist(flat_o).log_prob(a_buf.flatten(0, 1))
 
         def evaluate(idx: torch.Tensor, actions: torch.Tensor, flat_o: torch.Tensor = flat_o,
