@@ -170,6 +170,13 @@ def _column(table: dict[str, list], order: np.ndarray, key: str) -> list:
     return [table[key][i] for i in order]
 
 
+def _step_column(table: dict[str, list], order: np.ndarray, key: str, dtype: type, default: np.ndarray) -> np.ndarray:
+    """A per-step column as a flat (T,) array in frame order, or ``default`` when the dataset lacks it."""
+    if key not in table:
+        return default
+    return np.asarray(_column(table, order, key), dtype).reshape(len(order))
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -219,8 +226,9 @@ def import_lerobot(src: str | Path, out: str | Path, task: str | None = None, so
 
                     vid = src / info["video_path"].format(episode_chunk=chunk, video_key=cam, episode_index=n)
                     arrays[cam] = np.asarray(iio.imread(vid))[:T]
-            done = np.asarray(col("next.done"), bool).reshape(T) if "next.done" in table else np.eye(T, dtype=bool)[-1]
-            truncated = np.asarray(col("next.truncated"), bool).reshape(T) if "next.truncated" in table else np.zeros(T, bool)
+            step = functools.partial(_step_column, table, order)
+            done = step("next.done", bool, np.eye(T, dtype=bool)[-1])  # absent: the episode ends at its last row
+            truncated = step("next.truncated", bool, np.zeros(T, bool))
             final_path = src / "vlarl" / "final" / f"episode_{n:06d}.npz"
             if final_path.exists():
                 with np.load(final_path) as z:
@@ -231,12 +239,13 @@ def import_lerobot(src: str | Path, out: str | Path, task: str | None = None, so
                 arrays[k] = np.concatenate([arrays[k], final[k][None].astype(arrays[k].dtype)])
             arrays.update({
                 "action": np.asarray(col("action"), np.float32),
-                "reward": np.asarray(col("next.reward"), np.float32).reshape(T) if "next.reward" in table else np.zeros(T, np.float32),
+                "reward": step("next.reward", np.float32, np.zeros(T, np.float32)),
                 "terminated": done & ~truncated, "truncated": truncated,
-                "is_success": np.asarray(col("next.success"), bool).reshape(T) if "next.success" in table else np.zeros(T, bool),
+                "is_success": step("next.success", bool, np.zeros(T, bool)),
             })
             ours = ep.get("vlarl", {})
-            instruction = tasks.get(table["task_index"][0], (ep.get("tasks") or [""])[0]) if "task_index" in table else (ep.get("tasks") or [""])[0]
+            listed = (ep.get("tasks") or [""])[0]
+            instruction = tasks.get(table["task_index"][0], listed) if "task_index" in table else listed
             writer.write_episode(arrays, ours.get("task", task or info.get("robot_type", "lerobot")), instruction,
                                  ours.get("source", source), ours.get("success"), **ours.get("extra", {}))
             frames += T
