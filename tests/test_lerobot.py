@@ -113,21 +113,66 @@ def test_import_names_what_is_wrong(tmp_path):
         import_lerobot(tmp_path, tmp_path / "out")
 
 
-def _lerobot_dataset_module():
-    try:  # lerobot >= 0.3
-        import lerobot.datasets.lerobot_dataset as module
-    except ImportError:
-        module = pytest.importorskip("lerobot.common.datasets.lerobot_dataset")
-    return module
+# LeRobot 0.3.x (the last that reads v2.1) pins torch<2.8 and gymnasium<1, so it rarely shares
+# this environment: VLARL_LEROBOT_PYTHON may name an interpreter that has it.
+LOAD_WITH_LEROBOT = """
+import json, sys
+import numpy as np, torch
+try:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+except ImportError:
+    from lerobot.common.datasets.lerobot_dataset import LeRobotDataset
+root, video = sys.argv[1], sys.argv[2] == "video"
+ds = LeRobotDataset("local/vlarl-test", root=root, **({"video_backend": "pyav"} if video else {}),
+                    delta_timestamps={"action": [0, 1 / 15]})
+items = [ds[i] for i in range(len(ds))]
+batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))
+print(json.dumps({"episodes": ds.num_episodes, "frames": ds.num_frames, "batch": list(batch["action"].shape),
+                  "action": [it["action"].tolist() for it in items], "pad": [it["action_is_pad"].tolist() for it in items],
+                  "state": [it["observation.state"].tolist() for it in items], "task": [it["task"] for it in items],
+                  "image": [it["observation.images.top"].numpy().transpose(1, 2, 0).tolist() for it in items]}))
+"""
 
 
-def test_lerobot_loads_our_export(tmp_path):
-    lerobot_dataset = _lerobot_dataset_module()
+def _lerobot_python():
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec("lerobot") is not None:
+        return sys.executable
+    python = os.environ.get("VLARL_LEROBOT_PYTHON")
+    if not python:
+        pytest.skip("lerobot is not installed (set VLARL_LEROBOT_PYTHON to an interpreter that has it)")
+    return python
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["png", "video"])
+def test_lerobot_loads_our_export(tmp_path, video):
+    import subprocess
+
     from vlarl.data.lerobot import export_lerobot
 
+    python = _lerobot_python()
     src = _dataset(tmp_path / "src", episodes=2)
-    export_lerobot(tmp_path / "src", tmp_path / "lr")
-    ds = lerobot_dataset.LeRobotDataset("local/vlarl-test", root=tmp_path / "lr")
-    assert ds.num_episodes == 2 and ds.num_frames == sum(e.length for e in src.episodes)
-    item = ds[0]
-    np.testing.assert_allclose(item["action"].numpy(), src.load(0)["action"][0])
+    export_lerobot(tmp_path / "src", tmp_path / "lr", video=video)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITH_LEROBOT)
+    done = subprocess.run([python, str(script), str(tmp_path / "lr"), "video" if video else "png"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["episodes"] == 2 and got["frames"] == sum(e.length for e in src.episodes) and got["batch"][0] == 4
+    i = 0
+    for e, meta in enumerate(src.episodes):
+        ep = src.load(e)
+        for t in range(meta.length):  # every frame, in order; the action window pads past the episode's end
+            nxt = min(t + 1, meta.length - 1)
+            np.testing.assert_allclose(got["action"][i], ep["action"][[t, nxt]], rtol=0, atol=1e-6)
+            assert got["pad"][i] == [False, t + 1 >= meta.length]
+            np.testing.assert_allclose(got["state"][i], ep["observation.state"][t], rtol=0, atol=1e-6)
+            assert got["task"][i] == meta.instruction
+            image = np.asarray(got["image"][i]) * 255
+            error = np.abs(image - ep["observation.images.top"][t]).mean()
+            assert error < (8 if video else 1e-3), (e, t, error)  # H.264 is lossy; PNG is not
+            i += 1

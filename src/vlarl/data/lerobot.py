@@ -64,6 +64,7 @@ def _unpng(data: bytes) -> np.ndarray:
 
 def _stats(x: np.ndarray, image: bool) -> dict[str, Any]:
     """LeRobot's per-episode statistics: per dimension, or per channel in [0, 1] for images."""
+    axes: tuple[int, ...]
     if image:
         x = x.astype(np.float32).transpose(0, 3, 1, 2) / 255.0  # (T, C, H, W)
         axes, keep = (0, 2, 3), True
@@ -123,7 +124,11 @@ def export_lerobot(src: str | Path, out: str | Path, video: bool = False, robot_
             features = _features(arrays, cams, video, state_key)
         path = out / DATA_PATH.format(episode_chunk=chunk, episode_index=n)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({k: v if isinstance(v, list) else pa.array(v) for k, v in columns.items()}), path)
+        table = pa.table({k: _arrow_column(pa, v, features[k]) for k, v in columns.items()})
+        # LeRobot reads the frames with HF datasets, which types columns from this schema metadata alone
+        # (without it an image column arrives as a plain dict and LeRobotDataset[i] fails).
+        hf = json.dumps({"info": {"features": _hf_features(features)}})
+        pq.write_table(table.replace_schema_metadata({"huggingface": hf}), path)
         final = out / "vlarl" / "final" / f"episode_{n:06d}.npz"
         final.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(final, **{k: arrays[k][T] for k in (state_key, *cams)})
@@ -179,6 +184,33 @@ def _step_column(table: dict[str, list], order: np.ndarray, key: str, dtype: typ
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _arrow_column(pa: Any, values: Any, feature: dict[str, Any]) -> Any:
+    """A column typed as HF datasets (hence LeRobot) writes it: images as
+    struct<bytes: binary, path: string>, vectors as fixed_size_list<dtype>[n]."""
+    if feature["dtype"] == "image":
+        return pa.array(values, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    if isinstance(values, list):  # (T,) list of (n,) vectors
+        flat = pa.array(np.concatenate(values).astype(feature["dtype"]))
+        return pa.FixedSizeListArray.from_arrays(flat, feature["shape"][0])
+    return pa.array(values)
+
+
+def _hf_features(features: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The HF datasets ``Features`` of the parquet columns (videos live in mp4 files, not here)."""
+    out: dict[str, Any] = {}
+    for key, f in features.items():
+        if f["dtype"] == "video":
+            continue
+        if f["dtype"] == "image":
+            out[key] = {"_type": "Image"}
+        elif list(f["shape"]) == [1]:
+            out[key] = {"dtype": f["dtype"], "_type": "Value"}
+        else:
+            out[key] = {"feature": {"dtype": f["dtype"], "_type": "Value"}, "length": f["shape"][0],
+                        "_type": "Sequence"}
+    return out
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
