@@ -1,7 +1,9 @@
 """Data-parallel learners on CPU with gloo: gradients of 2 processes, each on half of a batch
 and averaged, equal the single-process gradients on the whole batch (SFT's BC loss, SAC's
 critic); the SAC learner hands every gradient to its sync hook; a 2-process SFT run under
-torchrun ends with the single-process run's weights."""
+torchrun ends with the single-process run's weights; rank 0's minibatches reach each process
+as its slice; RLPD and ConRFT (the HIL-SERL runtime) run under torchrun with replicas that
+stay identical, and resume."""
 
 import json
 import os
@@ -131,3 +133,82 @@ def test_sft_under_torchrun_with_two_processes_ends_where_one_process_does(tmp_p
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-4, msg=k)
     assert json.loads((tmp_path / "two" / "results.json").read_text())["steps"] == 12
     assert not (tmp_path / "two" / "rank1").exists()
+
+
+SCATTER = textwrap.dedent('''
+    import sys, torch
+    from vlarl.runtime import distributed
+
+    ctx = distributed.init_from_env(torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    batches = [{"obs": {"state": torch.randn(8, 3, generator=g),
+                        "pixels": {"top": torch.randint(0, 255, (8, 4, 4, 3), generator=g, dtype=torch.uint8)}},
+                "terminated": torch.rand(8, generator=g) > 0.5, "reward": torch.randn(8, generator=g)}
+               for _ in range(2)]
+    mine = distributed.scatter_batches(batches if ctx.is_main else None, ctx)
+    torch.save({"sent": batches, "got": mine}, f"{sys.argv[1]}/scatter_rank{ctx.rank}.pt")
+''')
+
+
+@pytest.mark.timeout(300)
+def test_scatter_gives_each_process_its_slice_of_rank0s_minibatches(tmp_path):
+    script = tmp_path / "scatter.py"
+    script.write_text(SCATTER)
+    _launch(script, 2, tmp_path, tmp_path)
+    sent = torch.load(tmp_path / "scatter_rank0.pt")["sent"]
+    for rank in range(2):
+        got = torch.load(tmp_path / f"scatter_rank{rank}.pt")["got"]
+        assert len(got) == 2
+        for g in range(2):
+            for path in (("obs", "state"), ("obs", "pixels", "top"), ("terminated",), ("reward",)):
+                a, b = sent[g], got[g]
+                for key in path:
+                    a, b = a[key], b[key]
+                assert b.dtype == a.dtype and torch.equal(b, a.chunk(2)[rank]), (rank, g, path)
+
+
+def _torchrun(args, tmp_path, timeout=300):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "vlarl",
+                           *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.timeout(600)
+def test_rlpd_under_torchrun_keeps_replicas_equal_and_resumes(tmp_path):
+    run_dir = tmp_path / "rlpd"
+    common = ["env.name=toy/reach", "random_steps=50", "sac.batch_size=32", "sac.utd=2", "eval_every=0",
+              "save_every=100", "log_every=50", f"run_dir={run_dir}"]
+    _torchrun(["train", "rlpd", "steps=200", *common], tmp_path)
+    first = json.loads((run_dir / "results.json").read_text())
+    assert first["steps"] == 200 and first["replica_gap"] == 0.0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("critic_loss" in r for r in rows)  # updates ran (on both processes: the gap stays 0)
+    _torchrun(["train", "rlpd", "--resume", str(run_dir), "steps=300"], tmp_path)
+    second = json.loads((run_dir / "results.json").read_text())
+    assert second["resumed_from"] == 200 and second["steps"] == 300 and second["replica_gap"] == 0.0
+    assert not (run_dir / "rank1").exists()
+
+
+@pytest.mark.timeout(600)
+def test_conrft_under_torchrun_runs_offline_then_online_on_two_processes(tmp_path):
+    run_dir = tmp_path / "conrft"
+    _torchrun(["train", "conrft", "env.name=toy/reach", "env.obs_mode=state", "env.episode_length=50",
+               "runtime=inprocess", "relative_frame=false", "sac.batch_size=64", "sac.utd=1", "video=false", "demos=3",
+               "offline_steps=40", "steps=150", "final_eval_episodes=2", "eval_every=0", f"run_dir={run_dir}"], tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["offline"]["updates"] == 40 and results["updates"] > 0 and results["replica_gap"] == 0.0
+    assert "summary" in results  # rank 0 finished the ConRFT recipe; the follower returned
+
+
+@pytest.mark.timeout(300)
+def test_an_indivisible_batch_is_refused_by_every_process_before_a_run_starts(tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "vlarl",
+                           "train", "rlpd", "env.name=toy/reach", "sac.batch_size=33", f"run_dir={tmp_path / 'run'}"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert done.stderr.count("sac.batch_size 33 must be a multiple of the 2 processes") >= 2  # no process waits
+    assert not (tmp_path / "run").exists()

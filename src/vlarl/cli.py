@@ -228,8 +228,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vlarl.recipes.evaluate_run import EvalConfig, evaluate_run
 
         keys = ("episodes", "envs", "env_names", "episode_length", "videos", "twin_seed", "twin_strength", "out")
-        cfg = EvalConfig(**{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
-        summary = evaluate_run(args.path, cfg)
+        eval_cfg = EvalConfig(**{k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+        summary = evaluate_run(args.path, eval_cfg)
         for env, r in summary["per_task"].items():
             lo, hi = r["ci95"]
             print(f"{env:36s} success {r['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})  mean length {r['mean_length']:.1f}")

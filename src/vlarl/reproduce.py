@@ -66,7 +66,8 @@ def reproduce(method: str, root: str | Path = ".", budget_minutes: float | None 
     budget = budget_minutes if budget_minutes is not None else 1.5 * p.minutes
     log(f"reproduce {method}: {len(p.commands)} command(s), about {p.minutes} min on 2 CPU cores "
         f"(budget {budget:.0f} min); writes benchmarks/results/{p.results}")
-    done, t0 = [], time.monotonic()
+    done: list[str] = []
+    t0 = time.monotonic()
     for cmd in p.commands:
         argv = [python, *shlex.split(cmd)]
         if dry_run:

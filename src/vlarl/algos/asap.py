@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vlarl.algos.asymmetric_ppo import RunningNorm
-from vlarl.envs.arm import ACTION_SCALE, KP, _fk, pd_torque
+from vlarl.envs.arm import ACTION_SCALE, KP, _fk, arm_env, pd_torque
 from vlarl.envs.twin import PhysicsTwin, TwinConfig
 from vlarl.errors import VlarlError
 
@@ -87,7 +87,7 @@ def start_replay(sim: gym.Env, rec: Recordings, e: int, t: int) -> np.ndarray:
     """Put ``sim`` (an arm env, possibly under a ``PhysicsTwin``) in recording ``e``'s state at
     step ``t``; returns the state vector there. A delayed twin's queue is filled with the
     commands the real robot had received but not yet executed."""
-    base = sim.unwrapped
+    base = arm_env(sim)
     obs = base.set_sim_state({"qpos": rec.qpos[e, t], "qvel": rec.qvel[e, t], "ctrl": base.mj_data.ctrl.copy(),
                               "t": t, "last_action": rec.prev_action(e, t)})
     if isinstance(sim, PhysicsTwin):
@@ -172,7 +172,7 @@ def replay_errors(sim: gym.Env, rec: Recordings, horizon: int, delta: Any = None
                 if delta is not None:
                     a = np.clip(a + delta(state, rec.prev_action(e, t), a), -1.0, 1.0)
                 state = sim.step(a.astype(np.float32))[0]["state"]
-                data = sim.unwrapped.mj_data
+                data = arm_env(sim).mj_data
                 q_errs.append(np.linalg.norm(data.qpos - rec.qpos[e, t + 1]))
                 qd_errs.append(np.linalg.norm(data.qvel - rec.qvel[e, t + 1]))
                 ee_errs.append(np.linalg.norm(_fk(data.qpos) - _fk(rec.qpos[e, t + 1])))
@@ -209,7 +209,8 @@ def sysid_search(make_sim: Any, rec: Recordings, horizon: int, params: tuple[str
     history: list[dict[str, Any]] = []
 
     def cost(values: np.ndarray, delay: int) -> float:
-        twin = TwinConfig(**dict(zip(continuous, map(float, values))), action_delay=delay)
+        fields: dict[str, Any] = dict(zip(continuous, map(float, values)))
+        twin = TwinConfig(**fields, action_delay=delay)
         sim = make_sim(twin)
         try:
             return replay_errors(sim, rec, horizon)["joint_pos_error"]
@@ -235,6 +236,8 @@ def sysid_search(make_sim: Any, rec: Recordings, horizon: int, params: tuple[str
 class ResidualDynamics(nn.Module):
     """g(state, previous command, action) -> correction of the next (qpos, qvel)."""
 
+    scale: torch.Tensor
+
     def __init__(self, hidden: int = 128) -> None:
         super().__init__()
         self.norm = RunningNorm(DELTA_OBS_DIM)
@@ -259,7 +262,7 @@ def residual_dataset(sim: gym.Env, rec: Recordings) -> tuple[np.ndarray, np.ndar
             state = start_replay(sim, rec, e, t)
             a = rec.actions[e, t].astype(np.float32)
             sim.step(a)
-            data = sim.unwrapped.mj_data
+            data = arm_env(sim).mj_data
             xs.append(delta_obs(state, rec.prev_action(e, t), a))
             ys.append(np.concatenate([rec.qpos[e, t + 1] - data.qpos, rec.qvel[e, t + 1] - data.qvel]))
     return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)

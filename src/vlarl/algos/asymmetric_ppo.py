@@ -39,6 +39,10 @@ class OnPolicyConfig:
 class RunningNorm(nn.Module):
     """Per-feature running mean and variance (Chan's parallel update); saved with the model."""
 
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -72,7 +76,9 @@ class AsymmetricActorCritic(nn.Module):
         self.obs_norm = RunningNorm(obs_dim)
         self.privileged_norm = RunningNorm(privileged_dim)
         self.actor = mlp(obs_dim, hidden, action_dim)
-        self.actor[-1].weight.data.mul_(0.01)  # start near the mean action: small, even steps
+        last = self.actor[-1]
+        assert isinstance(last, nn.Linear)
+        last.weight.data.mul_(0.01)  # start near the mean action: small, even steps
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.critic = mlp(obs_dim + privileged_dim, hidden, 1)
 
@@ -95,9 +101,9 @@ def _privileged(env: Any) -> np.ndarray:
 
 
 def train_ppo(model: AsymmetricActorCritic, envs: Sequence[Any], cfg: OnPolicyConfig, seed: int,
-              log: Callable[..., None] | None = None, checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+              log: Callable[..., Any] | None = None, checkpoint: Callable[[int, dict[str, Any]], Any] | None = None,
               counters: dict[str, Any] | None = None, opt: torch.optim.Optimizer | None = None,
-              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Train ``model`` by PPO for ``cfg.steps`` env steps over ``envs`` (gymnasium envs with a
     ``privileged_state()`` on their base env; actions are clipped to [-1, 1] by the envs).
 
@@ -165,7 +171,7 @@ def train_ppo(model: AsymmetricActorCritic, envs: Sequence[Any], cfg: OnPolicyCo
             old_logp = model.dist(flat_o).log_prob(a_buf.flatten(0, 1))
 
         def evaluate(idx: torch.Tensor, actions: torch.Tensor, flat_o: torch.Tensor = flat_o,
-                     flat_p: torch.Tensor = flat_p) -> tuple[torch.Tensor, ...]:
+                     flat_p: torch.Tensor = flat_p) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             d = model.dist(flat_o[idx])
             return d.log_prob(actions), d.entropy(), model.value(flat_o[idx], flat_p[idx])
 

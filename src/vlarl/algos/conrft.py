@@ -15,6 +15,7 @@ update is ``utd`` critic steps and one actor step, as there.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,7 @@ def actor_loss(agent: ConRFTAgent, batch: dict[str, Any], eta: float, beta: floa
     scale = q.abs().mean().detach().clamp_min(1e-6) if agent.cfg.q_normalize else 1.0
     loss = -eta * q.mean() / scale
     info = {"q_pi": q.mean().detach(), "eta": torch.tensor(eta), "beta": torch.tensor(beta)}
-    if beta > 0 and (demo is None or len(rows) > 0):
+    if beta > 0 and (demo is None or bool(demo.any())):
         bc, bc_info = consistency_bc_loss(agent.actor, features[rows], batch["action"][rows], action[rows], generator)
         loss = loss + beta * bc
         info.update(bc_info, bc_loss=bc.detach())
@@ -123,6 +124,11 @@ class ConRFTLearner:
         self.generator = generator
         self.offline = False  # the recipe sets it for the offline stage
         self.env_steps = 0  # online env steps so far (the runtime sets it): drives beta
+        # As SACLearner's: called with the parameters about to be stepped, after each backward.
+        self.grad_sync: Callable[[Iterable[nn.Parameter]], None] | None = None
+
+    # What an update reads besides its batches; a data-parallel group sends these to every process.
+    schedule_attrs = ("env_steps", "offline")
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "actor": self.actor_opt}
@@ -136,6 +142,7 @@ class ConRFTLearner:
 
     def update(self, batches: list[dict[str, Any]], update_actor: bool = True) -> dict[str, torch.Tensor]:
         agent, cfg = self.agent, self.agent.cfg
+        sync = self.grad_sync or (lambda _params: None)
         conservative = self.offline or cfg.calql_online
         info: dict[str, torch.Tensor] = {}
         # behaviour cloning alone (eta 0 offline): nothing reads the critic, so it is not trained
@@ -145,6 +152,7 @@ class ConRFTLearner:
             loss_q, info = calql_critic_loss(agent, batch, cfg.calql, conservative, agent.actor)
             self.critic_opt.zero_grad(set_to_none=True)
             loss_q.backward()
+            sync(agent.critic.parameters())
             self.critic_opt.step()
             soft_update(agent.target_critic, agent.critic, agent.sac_cfg.tau)
         info = {"critic_loss": loss_q.detach(), **info}
@@ -153,6 +161,7 @@ class ConRFTLearner:
             loss_pi, pi_info = actor_loss(agent, batches[-1], eta, beta, self.generator)
             self.actor_opt.zero_grad(set_to_none=True)
             loss_pi.backward()
+            sync(p for g in self.actor_opt.param_groups for p in g["params"])
             self.actor_opt.step()
             info.update(actor_loss=loss_pi.detach(), **pi_info)
         return info

@@ -84,6 +84,8 @@ def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
 class ConsistencyHead(nn.Module):
     """features (B, D) -> action (B, A) in one step; ``denoise`` is f(x_t, t | s)."""
 
+    sigmas: torch.Tensor
+
     def __init__(self, feature_dim: int, action_dim: int, cfg: ConsistencyConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or ConsistencyConfig()

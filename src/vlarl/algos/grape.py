@@ -61,15 +61,15 @@ def preference_pairs(scores: Sequence[float], m: int, groups: Sequence[int] | No
     Pairs of equal score carry no preference and are dropped. Ties in rank keep input order."""
     if m < 1:
         raise VlarlError(f"pairs per task must be >= 1, got {m}")
-    scores = np.asarray(scores, np.float64)
-    labels = np.zeros(len(scores), int) if groups is None else np.asarray(groups)
+    score = np.asarray(scores, np.float64)
+    labels = np.zeros(len(score), int) if groups is None else np.asarray(groups)
     pairs = []
     for g in dict.fromkeys(labels.tolist()):  # groups in order of first appearance
         idx = np.flatnonzero(labels == g)
         k = min(m, len(idx) // 2)
-        order = idx[np.argsort(-scores[idx], kind="stable")]
+        order = idx[np.argsort(-score[idx], kind="stable")]
         best, worst = order[:k], order[::-1][:k]
-        pairs += [(int(w), int(lo)) for w, lo in zip(best, worst) if scores[w] > scores[lo]]
+        pairs += [(int(w), int(lo)) for w, lo in zip(best, worst) if score[w] > score[lo]]
     return pairs
 
 

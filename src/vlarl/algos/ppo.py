@@ -22,9 +22,8 @@ model on raw observations).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +89,11 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
 
 
 # --- update -------------------------------------------------------------------------------
-Evaluate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+class Evaluate(Protocol):
+    """``(idx, actions[idx]) -> (log_prob, entropy, value)``; extra arguments must have defaults."""
+
+    def __call__(self, idx: torch.Tensor, actions: torch.Tensor, /) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ...
 
 
 def ppo_update(evaluate: Evaluate, actions: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
@@ -131,12 +134,13 @@ class ActionDistribution(nn.Module):
 
     def __init__(self, head: nn.Module, init_log_std: float = -1.6) -> None:
         super().__init__()
-        if getattr(head, "chunk", 1) != 1:
-            raise VlarlError(f"PPO acts one step at a time; the action head predicts chunks of {head.chunk}")
-        self.head = head
+        head_: Any = head  # one of the action heads; each kind is used through its own methods below
+        if getattr(head_, "chunk", 1) != 1:
+            raise VlarlError(f"PPO acts one step at a time; the action head predicts chunks of {head_.chunk}")
+        self.head: Any = head
         self.kind = type(head).__name__
         if self.kind == "DeterministicHead":
-            self.log_std = nn.Parameter(torch.full((head.action_dim,), float(init_log_std)))
+            self.log_std = nn.Parameter(torch.full((head_.action_dim,), float(init_log_std)))
 
     def forward(self, features: torch.Tensor) -> Distribution:
         if self.kind == "DeterministicHead":
@@ -154,9 +158,9 @@ class _TokenDistribution(Independent):
 
     def __init__(self, head: nn.Module, logits: torch.Tensor) -> None:
         super().__init__(Categorical(logits=logits), 1)
-        self._head = head
+        self._head: Any = head
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()) -> torch.Tensor:  # noqa: B008
         return self._head.detokenize(super().sample(sample_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -174,10 +178,11 @@ class _TanhGaussian(Distribution):
     arg_constraints: ClassVar[dict] = {}
 
     def __init__(self, head: nn.Module, features: torch.Tensor) -> None:
-        self._head, self._features = head, features
+        self._head: Any = head
+        self._features = features
         super().__init__(validate_args=False)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()) -> torch.Tensor:  # noqa: B008
         with torch.no_grad():
             return self._head.sample(self._features)[0][:, 0]
 

@@ -209,6 +209,7 @@ def gripper_target(agent: SACAgent, batch: dict[str, Any],
     """Double DQN: y = c r + gamma (1 - terminated) Q'_g(s', argmax_b Q_g(s', b))."""
     with torch.no_grad():
         next_f, target_f = features if features is not None else next_features(agent, batch)
+        assert agent.critic.gripper is not None and agent.target_critic.gripper is not None
         best = agent.critic.gripper(next_f).argmax(-1, keepdim=True)
         q_next = agent.target_critic.gripper(target_f).gather(-1, best).squeeze(-1)
         return bootstrap(agent.cfg, batch, q_next)
@@ -274,6 +275,9 @@ class SACLearner:
         # learners average gradients here (runtime.distributed.average_gradients).
         self.grad_sync: Callable[[Iterable[nn.Parameter]], None] | None = None
 
+    # What an update reads besides its batches; a data-parallel group sends these to every process.
+    schedule_attrs = ("env_steps",)
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
 
@@ -306,8 +310,8 @@ class SACLearner:
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- (1 - tau) target + tau source, all parameters in one fused call."""
-    t = [p for p in target.parameters()]
-    s = [p for p in source.parameters()]
+    t: list[torch.Tensor] = list(target.parameters())
+    s: list[torch.Tensor] = list(source.parameters())
     torch._foreach_lerp_(t, s, tau)
 
 

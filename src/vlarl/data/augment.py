@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """DrQ's augmentation: pad by replicating edges, crop back at a random offset per image."""
     b, h, w, _ = images.shape
     padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")

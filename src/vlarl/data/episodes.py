@@ -196,7 +196,7 @@ class EpisodeWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, **dict[str, Any](arrays))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

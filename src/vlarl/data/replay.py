@@ -33,7 +33,7 @@ class ReplayBuffer:
         capacity: int,
         state_dim: int,
         action_dim: int,
-        cameras: Mapping[str, tuple[int, int, int]] | None = None,
+        cameras: Mapping[str, tuple[int, ...]] | None = None,
         memmap_dir: str | Path | None = None,
         seed: int = 0,
         mc_gamma: float | None = None,
@@ -100,6 +100,7 @@ class ReplayBuffer:
 
     def _write_mc_returns(self, last: int) -> None:
         """Discounted returns of the episode that just ended at slot ``last``, backwards."""
+        assert self.mc_return is not None and self.mc_gamma is not None
         g, k = 0.0, last
         steps = (last - self._episode_start) % self.capacity + 1
         for _ in range(min(steps, self.capacity - 1)):  # an episode longer than the buffer keeps its tail

@@ -29,6 +29,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 
@@ -156,7 +157,7 @@ class ArmTrackEnv(MujocoEnv):
         self.init_noise, self.max_joint_error = float(init_noise), float(max_joint_error)
         self.last_action = np.zeros(3, np.float32)  # what the previous step executed (for the smoothness penalty)
         # A learned residual on the next (qpos, qvel), called with (state, action) before the step.
-        self.dynamics_residual: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+        self.dynamics_residual: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
         self._init_mujoco(model, mujoco.MjData(model), {"side": "side"}, fast_render)
 
     # --- simulator ----------------------------------------------------------------------
@@ -172,7 +173,7 @@ class ArmTrackEnv(MujocoEnv):
         before = self._state() if self.dynamics_residual is not None else None
         self._data.ctrl[:] = pd_torque(self._data.qpos, self._data.qvel, action)
         mujoco.mj_step(self._model, self._data, nstep=FRAME_SKIP)
-        if before is not None:
+        if before is not None and self.dynamics_residual is not None:
             correction = self.dynamics_residual(before, self.last_action, action)
             self._data.qpos[:] += correction[:3]
             self._data.qvel[:] += correction[3:]
@@ -227,3 +228,11 @@ class ArmTrackEnv(MujocoEnv):
     @property
     def spec_name(self) -> str:
         return "arm/track"
+
+
+def arm_env(env: gym.Env) -> ArmTrackEnv:
+    """The ``arm/track`` env inside a wrapper stack (a twin, ASAP's delta action ...)."""
+    base = env.unwrapped
+    if not isinstance(base, ArmTrackEnv):
+        raise VlarlError(f"{type(base).__name__} is not arm/track; this needs the arm env")
+    return base

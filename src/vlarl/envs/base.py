@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +20,7 @@ class VlarlEnv(gym.Env):
     ``_state``, ``_render_cameras``, ``expert_action`` and ``privileged_state``.
     """
 
-    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}  # noqa: RUF012 (gymnasium's own attribute)
     render_mode = "rgb_array"
     gripper_action: int | None = None  # index of the gripper command in the action (None: no gripper)
 
@@ -122,3 +122,11 @@ class VlarlEnv(gym.Env):
     @property
     def mj_data(self):
         return None
+
+
+def vlarl_env(env: gym.Env) -> VlarlEnv:
+    """The vlarl env inside a wrapper stack (task, instruction, expert, cameras ...)."""
+    base = env.unwrapped
+    if not isinstance(base, VlarlEnv):
+        raise VlarlError(f"{type(base).__name__} is not a vlarl env (a vlarl.envs.base.VlarlEnv); this needs one")
+    return base

@@ -82,11 +82,11 @@ def validate_cost_code(code: str) -> ast.Module:
     except SyntaxError as err:
         raise VlarlError(f"generated cost code does not parse: {err.msg} (line {err.lineno})") from None
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    for node in tree.body:
-        ok = isinstance(node, ast.FunctionDef) or (
-            isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["STAGES"])
+    for statement in tree.body:
+        ok = isinstance(statement, ast.FunctionDef) or (
+            isinstance(statement, ast.Assign) and [getattr(t, "id", None) for t in statement.targets] == ["STAGES"])
         if not ok:
-            raise VlarlError(f"generated cost code, line {node.lineno}: {type(node).__name__} at the top level; "
+            raise VlarlError(f"generated cost code, line {statement.lineno}: {type(statement).__name__} at the top level; "
                              "only function definitions and 'STAGES = [...]' are allowed there")
     for node in ast.walk(tree):
         where = f"generated cost code, line {getattr(node, 'lineno', '?')}"
@@ -96,7 +96,7 @@ def validate_cost_code(code: str) -> ast.Module:
                                                   or node.args.kwarg or node.args.kwonlyargs):
             raise VlarlError(f"{where}: function {node.name!r} may take plain arguments only")
         if isinstance(node, ast.Name | ast.FunctionDef | ast.arg):
-            name = getattr(node, "id", None) or getattr(node, "name", None) or node.arg
+            name = str(getattr(node, "id", None) or getattr(node, "name", None) or getattr(node, "arg", ""))
             if name.startswith("_") or name.endswith("_"):
                 raise VlarlError(f"{where}: name {name!r} is not allowed")
         if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from vlarl.envs.base import vlarl_env
 from vlarl.errors import VlarlError
 
 
@@ -18,7 +19,7 @@ class ScriptedExpert:
     def __init__(self, env: gym.Env, noise: float = 0.0, seed: int | None = None) -> None:
         if noise < 0:
             raise VlarlError(f"expert noise must be >= 0, got {noise}")
-        self.env = env.unwrapped
+        self.env = vlarl_env(env)
         self.noise = float(noise)
         self.rng = np.random.default_rng(seed)
 

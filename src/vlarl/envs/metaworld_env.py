@@ -56,7 +56,8 @@ class MetaWorldEnv(MujocoEnv):
             del mw.sawyer_observation_space  # cached with the goal hidden
         mw.max_path_length = episode_length
         self._mw = mw
-        self._policy = ENV_POLICY_MAP[f"{task}-v3"]()
+        policy_cls: Any = ENV_POLICY_MAP[f"{task}-v3"]  # typed as the abstract base
+        self._policy = policy_cls()
         self._raw_obs = np.zeros(39)
         self.reward_type = reward
         super().__init__(

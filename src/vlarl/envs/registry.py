@@ -27,7 +27,7 @@ ENV_NAMES: tuple[str, ...] = (
 )
 
 
-def env_class(name: str) -> type:
+def env_class(name: str) -> type[Any]:
     """The class behind an env name (its constructor's keywords are the valid options)."""
     if name not in ENV_NAMES:
         raise VlarlError(unknown("env", name, ENV_NAMES))

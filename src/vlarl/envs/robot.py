@@ -18,7 +18,7 @@ for more, whatever it outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -68,12 +68,13 @@ class SafetyBox(gym.Wrapper):
             raise VlarlError(f"safety: max_speed, ee_step and control_dt must be > 0, got {cfg}")
         if not hasattr(env.unwrapped, "ee_pose"):
             raise VlarlError(f"{type(env.unwrapped).__name__} has no ee_pose(); a safety box needs the end effector")
+        self._robot: Any = env.unwrapped  # a sim env or a RobotEnv: anything with ee_pose()
         self.clipped_steps = 0
 
     def safe_action(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
         """The action with its xyz delta limited; whether it changed."""
         action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
-        pos = self.env.unwrapped.ee_pose()[0]
+        pos = self._robot.ee_pose()[0]
         delta = action[:3] * self.cfg.ee_step
         max_step = self.cfg.max_speed * self.cfg.control_dt
         norm = float(np.linalg.norm(delta))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -31,3 +32,18 @@ def observation_space(state_dim: int, cameras: Sequence[str], image_size: int, w
 
 def action_space(dim: int) -> spaces.Box:
     return spaces.Box(-1.0, 1.0, (dim,), dtype=np.float32)
+
+
+def env_dims(env: Any) -> tuple[int, int, dict[str, tuple[int, ...]] | None]:
+    """(state_dim, action_dim, cameras) of an env with the contract's spaces; ``cameras`` maps
+    each camera to its image shape, None without pixels."""
+    space, act = env.observation_space, env.action_space
+    if not isinstance(space, spaces.Dict) or "state" not in space.spaces or not isinstance(act, spaces.Box):
+        raise VlarlError(f"env {getattr(env, 'spec', None) or type(env).__name__}: expected Dict(state, pixels?) "
+                         f"observations and Box actions, got {space} and {act}")
+    state = space.spaces["state"]
+    if not isinstance(state, spaces.Box):
+        raise VlarlError(f"env {type(env).__name__}: observation 'state' must be a Box, got {state}")
+    pixels = space.spaces.get("pixels")
+    cameras = {c: tuple(s.shape or ()) for c, s in pixels.spaces.items()} if isinstance(pixels, spaces.Dict) else None
+    return int(state.shape[0]), int(act.shape[0]), cameras

@@ -66,7 +66,7 @@ class PhysicsTwin(gym.Wrapper):
 
     def __init__(self, env: gym.Env, twin: TwinConfig) -> None:
         super().__init__(env)
-        model = env.unwrapped.mj_model
+        model = getattr(env.unwrapped, "mj_model", None)
         if model is None:
             raise VlarlError(f"{type(env.unwrapped).__name__} has no MuJoCo model; physics twins need one")
         if twin.action_delay < 0 or twin.action_noise < 0:

@@ -20,7 +20,7 @@ def make_vec(
     context: str | None = "forkserver",
     wrappers: Sequence[Callable[[gym.Env], gym.Env]] = (),
     **options: Any,
-) -> gym.vector.VectorEnv:
+) -> gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv:
     """``n`` copies of ``make(name, **options)``, one per process when ``asynchronous``.
 
     Episodes reset automatically in the step that ends them (gymnasium's SAME_STEP mode:
@@ -40,7 +40,7 @@ def make_vec_mixed(
     asynchronous: bool = True,
     context: str | None = "forkserver",
     wrappers: Sequence[Callable[[gym.Env], gym.Env]] = (),
-) -> gym.vector.VectorEnv:
+) -> gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv:
     """One env per ``(name, options)``, e.g. several tasks side by side for multi-task RL
     (their observation and action spaces must match). Same autoreset and seeding as
     ``make_vec``."""

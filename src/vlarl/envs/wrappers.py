@@ -10,6 +10,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vlarl.envs.base import vlarl_env
+from vlarl.envs.spaces import env_dims
 from vlarl.errors import VlarlError
 
 
@@ -27,11 +29,12 @@ class RelativeFrame(gym.Wrapper):
         base = env.unwrapped
         if not (hasattr(base, "ee_pose") and hasattr(base, "position_slices")):
             raise VlarlError(f"relative_frame: {type(base).__name__} does not expose ee_pose() and position_slices")
+        self._base: Any = base  # a sim env or a RobotEnv: anything with ee_pose() and position_slices
         self._p0, self._r0 = np.zeros(3), np.eye(3)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._p0, self._r0 = self.env.unwrapped.ee_pose()
+        self._p0, self._r0 = self._base.ee_pose()
         return self.observation(obs), info
 
     def step(self, action):
@@ -42,7 +45,7 @@ class RelativeFrame(gym.Wrapper):
 
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
         state = obs["state"].copy()
-        for s in self.env.unwrapped.position_slices:
+        for s in self._base.position_slices:
             state[s] = self._r0.T @ (state[s] - self._p0)
         return {**obs, "state": state}
 
@@ -166,7 +169,7 @@ class PixelsRecorder(gym.Wrapper):
         self._recorder: Any = None
 
     def _view(self) -> dict[str, Any]:
-        base = self.env.unwrapped
+        base = vlarl_env(self.env)
         return {"state": base.proprio(), "pixels": base.render_cameras()}
 
     def reset(self, **kwargs):
@@ -197,9 +200,11 @@ class LastActionObs(gym.Wrapper):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        low, high = env.observation_space["state"].low, env.observation_space["state"].high
-        n = env.action_space.shape[0]
-        spaces = dict(env.observation_space.spaces)
+        space = env.observation_space
+        _, n, _ = env_dims(env)
+        assert isinstance(space, gym.spaces.Dict) and isinstance(space["state"], gym.spaces.Box)
+        low, high = space["state"].low, space["state"].high
+        spaces = dict(space.spaces)
         spaces["state"] = gym.spaces.Box(np.concatenate([low, -np.ones(n)]).astype(np.float32),
                                          np.concatenate([high, np.ones(n)]).astype(np.float32))
         self.observation_space = gym.spaces.Dict(spaces)
@@ -227,7 +232,7 @@ class DeltaAction(gym.Wrapper):
         super().__init__(env)
         self.delta = delta
         self._state: np.ndarray | None = None
-        self._prev = np.zeros(env.action_space.shape, np.float32)
+        self._prev = np.zeros(env_dims(env)[1], np.float32)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)

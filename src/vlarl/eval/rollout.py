@@ -40,7 +40,7 @@ def run_episode(
         obs, reward, terminated, truncated, info = env.step(action)
         step_success = bool(info.get("is_success", False))
         if recorder is not None:
-            recorder.add(action, reward, obs, terminated, truncated, step_success)
+            recorder.add(action, float(reward), obs, terminated, truncated, step_success)
         success |= step_success
         length += 1
         total += float(reward)

@@ -100,6 +100,7 @@ class EfficientNetLite0Encoder(nn.Module):
 class ConvEncoder(nn.Module):
     pretrained = False
     frozen = False
+    shared_tokens = False  # trained, so never shared; kept for the encoders' common interface
 
     def __init__(self, channels: int = 64) -> None:
         super().__init__()
@@ -115,7 +116,10 @@ class ConvEncoder(nn.Module):
         return self.net(_to_float(images)).flatten(2).transpose(1, 2)
 
 
-def make_encoder(name: str, frozen: bool = True) -> nn.Module:
+Encoder = EfficientNetLite0Encoder | ConvEncoder
+
+
+def make_encoder(name: str, frozen: bool = True) -> Encoder:
     from vlarl.errors import VlarlError, unknown
 
     if name == "efficientnet-lite0":

@@ -10,7 +10,8 @@ def add_lora(module: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: flo
     """Inject LoRA into the named linear layers of ``module`` in place; base weights frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; it divides by r
+                         lora_dropout=dropout, target_modules=list(targets))
     module = inject_adapter_in_model(config, module)
     for name, p in module.named_parameters():
         p.requires_grad_("lora_" in name)

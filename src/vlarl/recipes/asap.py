@@ -59,7 +59,7 @@ from vlarl.runtime import Run, load_checkpoint, seed_everything
 STAGES = ("pretrain", "collect", "delta", "sysid", "dynamics", "finetune", "evaluate")
 VARIANTS = ("vanilla", "sysid", "delta_dynamics", "asap")
 POLICY_OBS_DIM = 13  # arm state (10) + last command (3)
-REPLAY_SIM = {"max_joint_error": 1e9}  # replays and deployments run to the end, however far off
+REPLAY_SIM: dict[str, Any] = {"max_joint_error": 1e9}  # replays and deployments run to the end, however far off
 
 
 def _pretrain_defaults() -> OnPolicyConfig:
@@ -149,11 +149,12 @@ def policy_env(cfg: ASAPConfig, twin: TwinConfig | dict | None = None, delta: An
     """The arm as a policy sees it (last command appended), optionally a twin, with
     ``delta(state, prev, a)`` in the loop, or with a residual dynamics model."""
     from vlarl.envs import make
+    from vlarl.envs.arm import arm_env
     from vlarl.envs.wrappers import DeltaAction, LastActionObs
 
     env = make("arm/track", **{**cfg.env, **options}, twin=twin)
     if residual is not None:
-        env.unwrapped.dynamics_residual = residual.predict
+        arm_env(env).dynamics_residual = residual.predict
     if delta is not None:
         env = DeltaAction(env, delta)
     return LastActionObs(env)
@@ -243,7 +244,7 @@ def rollout(policy: AsymmetricActorCritic, env: Any, seed: int, noise: float = 0
     while not done:
         a = policy.act(obs["state"])
         if noise > 0:
-            a = a + rng.normal(0.0, noise, a.shape)
+            a = a + (rng or np.random.default_rng()).normal(0.0, noise, a.shape)
         a = np.clip(a, -1.0, 1.0).astype(np.float32)
         obs, _, term, trunc, _ = env.step(a)
         done = term or trunc
@@ -366,7 +367,7 @@ def tracking_errors(policy: AsymmetricActorCritic, env: Any, episodes: int, seed
 def evaluate(cfg: ASAPConfig, root: Path, variants: list[str]) -> dict[str, Any]:
     twin = TwinConfig.from_dict(cfg.twin)
     seed = 50_000 + cfg.seed * 1000
-    closed: dict[str, dict[str, float]] = {}
+    closed: dict[str, dict[str, dict[str, float]]] = {}
     for variant in ["pretrained", *variants]:
         path = root / ("pretrain" if variant == "pretrained" else f"finetune/{variant}")
         policy = load_policy(cfg, path, "evaluate")

@@ -72,12 +72,13 @@ class RandomActions:
 
 def _init_worker(env_name: str, env_kwargs: dict[str, Any], noise: float, policy: str = "scripted") -> None:
     from vlarl.envs import ScriptedExpert, make
+    from vlarl.envs.base import vlarl_env
 
     env = make(env_name, **env_kwargs)
     # Close the env (and its rendering context) when the worker process exits.
     mp.util.Finalize(None, _close_worker, exitpriority=10)
     actor = ScriptedExpert(env, noise) if policy == "scripted" else RandomActions(env)
-    _worker.update(env=env, expert=actor, task=env.unwrapped.task, instruction=env.unwrapped.instruction)
+    _worker.update(env=env, expert=actor, task=vlarl_env(env).task, instruction=vlarl_env(env).instruction)
 
 
 def _collect_one(seed: int):

@@ -32,7 +32,7 @@ from vlarl.algos.sac import SACConfig, to_torch
 from vlarl.envs.wrappers import RewardShapingConfig
 from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
-from vlarl.recipes.hil_serl import HILSERLConfig, evaluate_policy
+from vlarl.recipes.hil_serl import Agent, HILSERLConfig, evaluate_policy
 from vlarl.recipes.hil_serl import actor_parts as _hil_actor_parts
 from vlarl.runtime.actor import ActorParts
 
@@ -63,10 +63,11 @@ class ConRFTRecipeConfig(HILSERLConfig):
             raise VlarlError("conrft: the offline stage needs demos (set demos > 0 or offline_steps=0)")
         self.conrft.beta_schedule(0)  # a bad schedule kind fails here, before a run starts
 
-    def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> torch.nn.Module:
+    def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> Agent:
         return ConRFTAgent(self.sac, self.conrft, state_dim, action_dim, cameras)
 
-    def make_learner(self, agent: torch.nn.Module, generator: torch.Generator) -> Any:
+    def make_learner(self, agent: Agent, generator: torch.Generator) -> Any:
+        assert isinstance(agent, ConRFTAgent)
         return ConRFTLearner(agent, generator)
 
     def mc_gamma(self) -> float | None:
@@ -120,6 +121,8 @@ def train_conrft(cfg: ConRFTRecipeConfig | None = None, resume=None, progress: b
     from vlarl.recipes.hil_serl import train_hil_serl
 
     results = train_hil_serl(cfg or ConRFTRecipeConfig(), resume, progress)
+    if results.get("follower"):  # a process of a data-parallel group other than rank 0
+        return results
     offline = results.get("offline", {})
     results["summary"] = {
         "offline": {"success": offline.get("success"), "episode_length": offline.get("mean_length")},

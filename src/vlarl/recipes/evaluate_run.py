@@ -31,9 +31,10 @@ def resolve(path: str | Path) -> tuple[Path, Path]:
     if (path / "meta.json").exists() and path.parent.name == "checkpoints":
         run, ckpt = path.parent.parent, path
     else:
-        run, ckpt = path, latest_checkpoint(path / "checkpoints")
-        if ckpt is None:
+        run, found = path, latest_checkpoint(path / "checkpoints")
+        if found is None:
             raise CheckpointError(f"{path}: no complete checkpoint under {path / 'checkpoints'}")
+        ckpt = found
     if not (run / "policy.json").exists():
         raise CheckpointError(f"{run}: no policy.json; is this a vlarl training run?")
     return run, ckpt
@@ -52,11 +53,12 @@ def evaluate_run(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
     tasks = spec["tasks"]
     if cfg.env_names:
         from vlarl.envs import make
+        from vlarl.envs.base import vlarl_env
 
         tasks = {}
         for name in cfg.env_names:
             env = make(name)  # an unknown name stops here, listing the valid ones
-            tasks[env.unwrapped.instruction] = {"env": name, "options": next(iter(spec["tasks"].values()))["options"]}
+            tasks[vlarl_env(env).instruction] = {"env": name, "options": next(iter(spec["tasks"].values()))["options"]}
             env.close()
     twin = TwinConfig.random(cfg.twin_seed, cfg.twin_strength) if cfg.twin_seed is not None else None
     out = Path(cfg.out) if cfg.out else run / ("eval_twin" if twin else "eval_final")

@@ -140,7 +140,7 @@ def rollouts(policy: VLAPolicy, lang: torch.Tensor, env_name: str, options: dict
     finally:
         bar.close()
         vec.close()
-    if frames:
+    if frames and video_path is not None:
         from vlarl.eval.video import write_video
 
         write_video(frames, video_path, fps=20)
@@ -203,10 +203,11 @@ def _task_costs(cfg: GRAPEConfig, envs: dict[str, str], options: dict[str, dict[
         sample: Keypoints = {}
         if cfg.costs.kind != "hand-written":  # a real state to check generated code on
             from vlarl.envs import make
+            from vlarl.envs.base import vlarl_env
 
             e = make(env, **{**options[env], "obs_mode": "state"})
             e.reset(seed=cfg.seed)
-            sample = keypoints(env, e.unwrapped.privileged_state())
+            sample = keypoints(env, vlarl_env(e).privileged_state())
             e.close()
         base, code = generate_costs(cfg.costs, env, instruction, sample)
         if code is not None:
@@ -272,7 +273,7 @@ def train_grape(cfg: GRAPEConfig | None = None, resume: Run | None = None, progr
             trajs = rollouts(policy, lang[e], e, options[e], cfg.eval_episodes, cfg.eval_envs, 10_000 + cfg.seed,
                              sample=False, video_path=video, progress=progress)
             per_task[e] = rollout_stats(trajs, costs[e], cfg.keep_out) | ({"video": str(video)} if video else {})
-        row = {"iteration": tag, "per_task": per_task}
+        row: dict[str, Any] = {"iteration": tag, "per_task": per_task}
         for key in ("success_rate", "mean_length", "mean_r_ext", "violation_rate", "steps_in_zone"):
             row[f"mean_{key}" if not key.startswith("mean") else key] = _mean_over_tasks(per_task, key)
         return row

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vlarl.algos.conrft import ConRFTAgent
 from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
 from vlarl.data.replay import ReplayBuffer, sample_mixed
 from vlarl.envs.intervention import SimulatedHumanConfig
+from vlarl.envs.spaces import env_dims
 from vlarl.envs.wrappers import RewardShapingConfig
 from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
@@ -47,6 +49,8 @@ from vlarl.runtime import Run, load_config, resolve_device, seed_everything
 from vlarl.runtime.actor import ActorParts, EnvStepper, EpisodeStream
 from vlarl.runtime.launcher import ActorLauncher
 from vlarl.runtime.transport import LearnerServer, TransportConfig
+
+Agent = SACAgent | ConRFTAgent  # what make_agent builds: both act and share the critic's encoder
 
 RUNTIMES = ("inprocess", "multiprocess", "ray")
 HUMANS = ("sim", "keyboard", "gamepad", "none")
@@ -108,10 +112,11 @@ class HILSERLConfig:
     name: ClassVar[str] = "hil-serl"
     actor_entry: ClassVar[str] = "vlarl.recipes.hil_serl:actor_parts"
 
-    def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> torch.nn.Module:
+    def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> Agent:
         return SACAgent(self.sac, state_dim, action_dim, cameras)
 
-    def make_learner(self, agent: torch.nn.Module, generator: torch.Generator) -> Any:
+    def make_learner(self, agent: Agent, generator: torch.Generator) -> Any:
+        assert isinstance(agent, SACAgent)
         return SACLearner(agent)
 
     def mc_gamma(self) -> float | None:
@@ -163,6 +168,8 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
     if use_classifier:
         from vlarl.recipes.reward_classifier import load_reward_classifier
 
+        if not cfg.classifier:
+            raise VlarlError("reward: classifier needs classifier: the run directory of a trained reward classifier")
         classifier = load_reward_classifier(cfg.classifier)
         classifier.encoder.shared_tokens = True  # the policy's frozen encoder reuses these tokens
         env = ClassifierReward(env, classifier.success_prob, cfg.classifier_threshold,
@@ -174,23 +181,23 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
     return env, device
 
 
-def _acting_state(agent: SACAgent) -> dict[str, torch.Tensor]:
+def _acting_state(agent: Agent) -> dict[str, torch.Tensor]:
     """What an actor needs: the actor, the gripper critic and the pixel encoder (not the ensemble)."""
     return {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()
             if not k.startswith(("target_critic.", "critic.q."))}
 
 
-def _agent_for(cfg: HILSERLConfig, env) -> torch.nn.Module:
-    space = env.observation_space
-    cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
-    return cfg.make_agent(space["state"].shape[0], env.action_space.shape[0], cameras)
+def _agent_for(cfg: HILSERLConfig, env: Any) -> Agent:
+    state_dim, action_dim, cameras = env_dims(env)
+    return cfg.make_agent(state_dim, action_dim, cameras)
 
 
-def build_actor(cfg: HILSERLConfig, actor_id: int, agent: SACAgent | None = None) -> ActorParts:
+def build_actor(cfg: HILSERLConfig, actor_id: int, agent: Agent | None = None) -> ActorParts:
     """An actor's env, policy and weight loader (its own agent copy unless ``agent`` is shared)."""
     seed = cfg.seed + 1000 * (actor_id + 1)
     env, device = make_env(cfg, seed)
-    agent = agent if agent is not None else _agent_for(cfg, env)
+    if agent is None:
+        agent = _agent_for(cfg, env)
     if agent.critic.pixels is not None and agent.critic.pixels.encoder.frozen:
         agent.critic.pixels.encoder.shared_tokens = True  # one encoding per frame for policy and classifier
     torch_device = next(agent.parameters()).device
@@ -257,7 +264,7 @@ class Buffers:
         self.demos.load_state_dict(d["demos"])
 
 
-def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int) -> dict[str, float]:
+def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int) -> dict[str, float | None]:
     """``n`` scripted demos through the training wrappers (frame, classifier) into the demo buffer."""
     from vlarl.envs.intervention import ExpertDevice, InterventionWrapper, expert_of
 
@@ -301,7 +308,7 @@ def _insert_innermost(env, wrap):
 
 
 @torch.no_grad()
-def evaluate_policy(cfg: HILSERLConfig, agent: torch.nn.Module, episodes: int, seed: int,
+def evaluate_policy(cfg: HILSERLConfig, agent: Agent, episodes: int, seed: int,
                     video: Path | None = None, video_episodes: int = 2) -> dict[str, Any]:
     """The policy alone (no human, no classifier): the env's own success over ``episodes``;
     the first ``video_episodes`` are filmed to ``video`` when given."""
@@ -325,21 +332,28 @@ def evaluate_policy(cfg: HILSERLConfig, agent: torch.nn.Module, episodes: int, s
         lengths.append(t)
     env.close()
     k = int(sum(successes))
-    out = {"success": k / episodes, "ci95": wilson_interval(k, episodes), "mean_length": float(np.mean(lengths)),
-           "episodes": episodes}
-    if frames:
+    out: dict[str, Any] = {"success": k / episodes, "ci95": wilson_interval(k, episodes),
+                           "mean_length": float(np.mean(lengths)), "episodes": episodes}
+    if frames and video is not None:
         out["video"] = str(write_video(frames, video))
     return out
 
 
 def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
-    run, cfg = Run.start(cfg, resume)
+    from vlarl.runtime import distributed
+
+    cfg = resume.config if resume is not None else cfg
+    if cfg is None:
+        raise VlarlError("train_hil_serl: a config or a run to resume is needed")
     cfg.check()
+    ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
+    distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
+    run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     threads = cfg.learner_threads or max(1, (os.cpu_count() or 2) - (cfg.actors if cfg.runtime != "inprocess" else 0))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(max(1, threads // ctx.world_size))
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = ctx.device
     events: list[str] = []
 
     def log(msg: str) -> None:
@@ -349,13 +363,15 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     # Fail before anything starts if the device, the classifier or the env cannot be built.
     probe, _ = make_env(cfg, cfg.seed)
     agent = _agent_for(cfg, probe).to(device)
-    space = probe.observation_space
-    cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
-    state_dim, action_dim = space["state"].shape[0], probe.action_space.shape[0]
+    state_dim, action_dim, cameras = env_dims(probe)
     probe.close()
     learner = cfg.make_learner(agent, gen)
+    if not ctx.is_main:  # a follower: rank 0 serves the actors, holds the buffers and evaluates
+        return distributed.follow_updates(run, agent, learner, ctx)
     buffers = Buffers(cfg.buffer_size, state_dim, action_dim, cameras, cfg.seed, cfg.mc_gamma())
     counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng}) or {}
+    distributed.broadcast_module(agent, ctx)
+    learner = distributed.shard_learner(learner, ctx)  # under torchrun: each update over every process
     if "buffers" in counters:
         buffers.load_state_dict(counters.pop("buffers"))
     c = {"env_steps": 0, "updates": 0, "episodes": 0, "intervened_steps": 0, "demo_success_rate": None,
@@ -399,6 +415,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         if local is not None:  # shares the learner's agent: only the human's progress to pass on
             local.parts.load({"state_dict": None, "env_steps": c["env_steps"]})
         else:
+            assert server is not None
             server.publish(version, {"state_dict": _acting_state(agent), "env_steps": c["env_steps"]})
 
     publish()
@@ -423,6 +440,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
                 local.step()
                 incoming = local.take()
             else:
+                assert server is not None and actors is not None
                 incoming = [ep for _, ep in server.inbox.drain()]
                 actors.watch()
             for ep in incoming:
@@ -456,7 +474,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
                 if c["updates"] % cfg.log_every == 0:
                     run.log(c["env_steps"], updates=c["updates"], **{k: float(v) for k, v in info.items()},
                             **_actor_scalars(server))
-            elif local is None:
+            elif server is not None:
                 time.sleep(0.005)
                 if time.monotonic() - last_data > max(30.0, 6 * cfg.transport.timeout_s):
                     log(f"no episode from any actor for {time.monotonic() - last_data:.0f} s "
@@ -471,6 +489,8 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
             if c["env_steps"] >= next_save:
                 save()
                 next_save += cfg.save_every
+        if ctx.enabled:  # every process must end with rank 0's weights
+            results["replica_gap"] = learner.replica_gap()
     except KeyboardInterrupt:
         log("interrupted: saving a checkpoint and stopping the actors")
         save()
@@ -481,6 +501,8 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
+        if ctx.enabled:  # the followers return
+            learner.stop()
     wall = c["wall_s"] + time.perf_counter() - t_start  # across restarts
     actor_hz = _actor_scalars(server).get("actor_hz")
     _shutdown(server, actors)
@@ -535,14 +557,15 @@ def _shutdown(server: LearnerServer | None, actors: ActorLauncher | None) -> Non
     if server is None:
         return
     server.stop_actors()
-    actors.stop()
+    if actors is not None:
+        actors.stop()
     server.close()
 
 
 class _InProcessActor:
     """Actor and learner in one process, interleaved one env step per loop (debugging, tests)."""
 
-    def __init__(self, cfg: HILSERLConfig, agent: SACAgent) -> None:
+    def __init__(self, cfg: HILSERLConfig, agent: Agent) -> None:
         self.parts = build_actor(cfg, 0, agent)
         self._out: list[dict[str, Any]] = []
         self.stepper = EnvStepper(self.parts, self._out.append, 0)

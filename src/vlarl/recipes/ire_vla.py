@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from vlarl.errors import VlarlError, unknown
 from vlarl.models.groups import set_trainable
 from vlarl.models.heads import ValueHead
 from vlarl.models.policy import VLAPolicy
-from vlarl.recipes.sft import SFTConfig, SFTData, cache_tokens, evaluate_policy, load_sft_policy, stage0
+from vlarl.recipes.sft import SFTConfig, SFTData, cache_tokens, dataset_limits, evaluate_policy, load_sft_policy, stage0
 from vlarl.runtime import Run, resolve_device, seed_everything
 
 MODES = ("ire-vla", "whole-model-ppo")
@@ -159,7 +160,7 @@ def rl_stage(policy: VLAPolicy, lang_of: dict[str, torch.Tensor], specs: list[tu
     n = len(specs)
     vec = make_vec_mixed(specs, asynchronous=n > 1)
     writer = EpisodeWriter(d_rl_dir)
-    stats = {"env_steps": 0, "episodes": 0, "successes": 0, "updates": 0}
+    stats: dict[str, Any] = {"env_steps": 0, "episodes": 0, "successes": 0, "updates": 0}
     curve: list[dict[str, float]] = []
     bar = tqdm(total=rl.steps, desc=f"rl {','.join(sorted({s[0] for s in specs}))}", unit="step", disable=not progress)
     try:
@@ -237,7 +238,7 @@ def rl_stage(policy: VLAPolicy, lang_of: dict[str, torch.Tensor], specs: list[tu
                 returns = returns.view_as(values)
 
             def evaluate(idx: torch.Tensor, actions: torch.Tensor, flat: dict[str, torch.Tensor] = flat,
-                         flat_lang: torch.Tensor = flat_lang) -> tuple[torch.Tensor, ...]:
+                         flat_lang: torch.Tensor = flat_lang) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                 if whole_model:  # gradients flow through the trunk; the encoder's tokens are frozen
                     feats = policy.features(flat["tokens"][idx].float(), flat["state"][idx], flat_lang[idx])
                 else:  # the trunk is frozen: features from the rollout, no graph behind them
@@ -358,7 +359,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     if counters is None:
         own = (sft_results or {}).get("per_task", {})
         if set(own) >= set(by_env) and all(own[e].get("episodes") == cfg.eval_episodes for e in by_env):
-            before = {e: sft_results["per_task"][e] for e in by_env}  # the SFT run's own final evaluation
+            before = {e: own[e] for e in by_env}  # the SFT run's own final evaluation
         else:
             before = evaluate(list(by_env), run.path / "eval_sft")
         # "clock" orders logs and checkpoints: env steps so far plus one tick per finished stage,
@@ -394,7 +395,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
         else:
             d_rl = _d_rl_datasets(run.path, counters["history"])
             data = SFTData(expert + d_rl, policy.cfg.chunk,
-                           [expert_limit] * len(expert) + [None] * len(d_rl))  # type: ignore[list-item]
+                           dataset_limits(expert_limit, len(expert)) + [None] * len(d_rl))
             rl_episodes, rl_frames = _size(d_rl, None)
             entry.update(sl_stage(policy, data, lang_of, cfg.sl, rng, device))
             entry.update({"d_e_episodes": d_e_episodes, "d_rl_episodes_total": rl_episodes, "frames": len(data),
@@ -429,10 +430,10 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     return results
 
 
-def _size(paths: list[str], limit: int | None) -> tuple[int, int]:
-    """(episodes, frames) of the first ``limit`` episodes of each dataset, as SFTData takes
-    them, from the datasets' indexes alone (no episode file is read)."""
-    metas = [m for p in paths for m in EpisodeDataset(p).episodes[:limit]]
+def _size(paths: list[str], limit: int | Sequence[int | None] | None) -> tuple[int, int]:
+    """(episodes, frames) of the first ``limit`` episodes of each dataset (or one limit per
+    dataset), as SFTData takes them, from the datasets' indexes alone (no episode file is read)."""
+    metas = [m for p, n in zip(paths, dataset_limits(limit, len(paths))) for m in EpisodeDataset(p).episodes[:n]]
     return len(metas), sum(m.length for m in metas)
 
 
@@ -442,7 +443,7 @@ def _d_rl_datasets(root: Path, history: list[dict[str, Any]]) -> list[str]:
             if h["kind"] == "rl" and h.get("d_rl_episodes", 0) > 0]
 
 
-def _sft_source(sft_dir: Path) -> tuple[list[str], int | None]:
+def _sft_source(sft_dir: Path) -> tuple[list[str], int | list[int] | None]:
     """The demo datasets of a finished SFT run and how many episodes of each it used."""
     from vlarl.runtime import load_config
 

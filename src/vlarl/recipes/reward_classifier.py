@@ -56,7 +56,7 @@ def _frames(paths: list[str], cameras: list[str] | None) -> tuple[list[dict[str,
         have = data.cameras
         if not have:
             raise VlarlError(f"{path}: the dataset has no images; collect with --obs-mode pixels")
-        cameras = cameras or have
+        cameras = cameras or list(have)
         missing = [c for c in cameras if c not in have]
         if missing:
             raise VlarlError(f"{path}: reward_classifier.cameras {missing} not in the dataset (it has {have})")
@@ -64,7 +64,7 @@ def _frames(paths: list[str], cameras: list[str] | None) -> tuple[list[dict[str,
             ep = data.load(i, [f"observation.images.{c}" for c in cameras] + ["is_success"])
             images.append({c: ep[f"observation.images.{c}"] for c in cameras})
             labels.append(np.concatenate([[False], ep["is_success"]]))
-    return images, labels, list(cameras)
+    return images, labels, list(cameras or [])
 
 
 def train_reward_classifier(cfg: RewardClassifierConfig | None = None, resume: Run | None = None,

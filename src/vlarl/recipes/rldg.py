@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vlarl.envs.spaces import env_dims
 from vlarl.errors import VlarlError, unknown
 from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
-from vlarl.recipes.hil_serl import HILSERLConfig
+from vlarl.recipes.hil_serl import Agent, HILSERLConfig
 from vlarl.recipes.rlpd import RLPDConfig, _obs_to_torch
 from vlarl.recipes.sft import SFTConfig
 from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, load_config, seed_everything
@@ -133,8 +134,9 @@ def train_specialist(cfg: RLDGConfig, task: str, root: Path, progress: bool = Tr
                               out=str(demos), only_successful=True), progress=progress)
         from vlarl.recipes.rlpd import train_rlpd
 
-        sub_cfg = replace(cfg.rlpd, env=env, demos=str(demos), seed=cfg.seed, run_dir=str(run_dir), device=cfg.device)
-        train = train_rlpd
+        sub_cfg: Any = replace(cfg.rlpd, env=env, demos=str(demos), seed=cfg.seed, run_dir=str(run_dir),
+                               device=cfg.device)
+        train: Callable[..., dict[str, Any]] = train_rlpd
         config_cls: type = RLPDConfig
     else:
         from vlarl.recipes.hil_serl import train_hil_serl
@@ -175,34 +177,33 @@ def load_specialist(run_dir: str | Path, recipe: str, data_env: EnvConfig, devic
     from vlarl.envs.wrappers import PixelsRecorder
 
     run_dir = Path(run_dir)
+    agent: Agent
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise VlarlError(f"specialist {run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
     if recipe == "rlpd":
-        cfg = load_config(RLPDConfig, run_dir / "config.yaml")
-        env_cfg = _rollout_options(cfg.env, data_env)
+        rlpd_cfg = load_config(RLPDConfig, run_dir / "config.yaml")
+        env_cfg = _rollout_options(rlpd_cfg.env, data_env)
 
         def make_env(seed: int):
             return PixelsRecorder(make(env_cfg.name, **env_cfg.kwargs()))
 
-        probe = make(cfg.env.name, **cfg.env.kwargs())
-        space = probe.observation_space
-        cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
-        agent = SACAgent(cfg.sac, space["state"].shape[0], probe.action_space.shape[0], cameras)
+        probe = make(rlpd_cfg.env.name, **rlpd_cfg.env.kwargs())
+        agent = SACAgent(rlpd_cfg.sac, *env_dims(probe))
         probe.close()
     elif recipe == "hil-serl":
         from vlarl.recipes.hil_serl import _agent_for, _insert_innermost
         from vlarl.recipes.hil_serl import make_env as hil_env
 
-        cfg = load_config(HILSERLConfig, run_dir / "config.yaml")
-        cfg = replace(cfg, env=_rollout_options(cfg.env, data_env))
+        hil_cfg = load_config(HILSERLConfig, run_dir / "config.yaml")
+        hil_cfg = replace(hil_cfg, env=_rollout_options(hil_cfg.env, data_env))
 
         def make_env(seed: int):
-            env, _ = hil_env(cfg, seed, training=False)  # no human, no classifier: the policy alone
+            env, _ = hil_env(hil_cfg, seed, training=False)  # no human, no classifier: the policy alone
             return _insert_innermost(env, PixelsRecorder)
 
         probe = make_env(0)
-        agent = _agent_for(cfg, probe)
+        agent = _agent_for(hil_cfg, probe)
         probe.close()
     else:
         raise VlarlError(unknown("specialist", recipe, SPECIALISTS))

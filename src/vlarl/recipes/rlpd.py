@@ -8,6 +8,10 @@ The loop: act (random for ``random_steps``), store, and once the buffers hold a 
 one SAC update (``utd`` critic steps + one actor step) per env step; evaluate, log and
 checkpoint (the replay buffer too) on schedule. A resumed run restores weights, optimisers,
 RNG, counters and the online buffer; the episode that was running when it stopped is lost.
+
+Under ``torchrun --nproc_per_node N`` the update is spread over N processes (devices):
+rank 0 steps the env, holds the buffers and draws each minibatch as one process would;
+every process computes the losses on its 1/N slice (runtime/distributed.py).
 """
 
 from __future__ import annotations
@@ -60,18 +64,26 @@ def _obs_to_torch(obs: dict[str, Any], device: torch.device, add_batch_dim: bool
 
 def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
     from vlarl.envs import make
+    from vlarl.envs.spaces import env_dims
     from vlarl.eval.evaluate import evaluate
+    from vlarl.runtime import distributed
 
-    run, cfg = Run.start(cfg, resume)
-    device = resolve_device(cfg.device)
+    cfg = resume.config if resume is not None else cfg
+    if cfg is None:
+        raise VlarlError("train_rlpd: a config or a run to resume is needed")
+    ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
+    device = ctx.device
+    distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
+    run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     env = make(cfg.env.name, **cfg.env.kwargs())
-    space = env.observation_space
-    cameras = {c: s.shape for c, s in space["pixels"].items()} if "pixels" in space.spaces else None
-    state_dim, action_dim = space["state"].shape[0], env.action_space.shape[0]
+    state_dim, action_dim, cameras = env_dims(env)
     agent = SACAgent(cfg.sac, state_dim, action_dim, cameras).to(device)
     learner = SACLearner(agent)
+    if not ctx.is_main:  # a follower: rank 0 steps the env and holds the buffers
+        env.close()
+        return distributed.follow_updates(run, agent, learner, ctx)
     online = ReplayBuffer(cfg.buffer_size, state_dim, action_dim, cameras, seed=cfg.seed)
     offline = None
     if cfg.demos:
@@ -85,6 +97,8 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
             offline = demo_buffer
     ratio = cfg.sac.offline_ratio if offline is not None else 0.0
     counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng}) or {"step": 0, "episodes": 0}
+    distributed.broadcast_module(agent, ctx)
+    learner = distributed.shard_learner(learner, ctx)
     if "buffer" in counters:
         online.load_state_dict(counters.pop("buffer"))
     obs, _ = env.reset(seed=cfg.seed + counters["episodes"])
@@ -94,43 +108,49 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     results: dict[str, Any] = {"evals": []}
     bar = tqdm(total=cfg.steps, initial=step, desc=f"rlpd {cfg.env.name}", unit="step", disable=not progress)
     t0 = time.perf_counter()
-    while step < cfg.steps:
-        if step < cfg.random_steps and offline is None and not cfg.demos_in_online_buffer:
-            action = rng.uniform(-1, 1, action_dim).astype(np.float32)
-        else:
-            action = agent.act(_obs_to_torch(obs, device, add_batch_dim=True))[0].cpu().numpy()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        online.add(action, reward, next_obs, terminated, truncated)
-        ep_return, ep_len, ep_success = ep_return + reward, ep_len + 1, ep_success or info["is_success"]
-        obs = next_obs
-        step += 1
-        if terminated or truncated:
-            episodes += 1
-            run.log(step, episode_return=ep_return, episode_length=ep_len, episode_success=float(ep_success))
-            obs, _ = env.reset(seed=cfg.seed + episodes)
-            online.start_episode(obs)
-            ep_return, ep_len, ep_success = 0.0, 0, False
-        if len(online) >= cfg.sac.batch_size and step >= min(cfg.random_steps, cfg.steps):
-            sample = sample_mixed(online, offline, cfg.sac.batch_size, cfg.sac.utd, ratio)
-            info_u = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
-            if step % cfg.log_every == 0:
-                run.log(step, **{k: float(v) for k, v in info_u.items()})
-        bar.update(1)
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            def act(o, _instr):
-                return agent.act(_obs_to_torch(o, device), deterministic=True).cpu().numpy()
+    try:
+        while step < cfg.steps:
+            if step < cfg.random_steps and offline is None and not cfg.demos_in_online_buffer:
+                action = rng.uniform(-1, 1, action_dim).astype(np.float32)
+            else:
+                action = agent.act(_obs_to_torch(obs, device, add_batch_dim=True))[0].cpu().numpy()
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            online.add(action, float(reward), next_obs, terminated, truncated)
+            ep_return, ep_len, ep_success = ep_return + float(reward), ep_len + 1, ep_success or info["is_success"]
+            obs = next_obs
+            step += 1
+            if terminated or truncated:
+                episodes += 1
+                run.log(step, episode_return=ep_return, episode_length=ep_len, episode_success=float(ep_success))
+                obs, _ = env.reset(seed=cfg.seed + episodes)
+                online.start_episode(obs)
+                ep_return, ep_len, ep_success = 0.0, 0, False
+            if len(online) >= cfg.sac.batch_size and step >= min(cfg.random_steps, cfg.steps):
+                sample = sample_mixed(online, offline, cfg.sac.batch_size, cfg.sac.utd, ratio)
+                info_u = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
+                if step % cfg.log_every == 0:
+                    run.log(step, **{k: float(v) for k, v in info_u.items()})
+            bar.update(1)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                def act(o, _instr):
+                    return agent.act(_obs_to_torch(o, device), deterministic=True).cpu().numpy()
 
-            r = evaluate(act, cfg.env.name, cfg.eval_episodes, cfg.eval_envs, seed=10_000 + cfg.seed,
-                         env_options=cfg.env.kwargs(), progress=False)
-            run.log(step, eval_success=r["success_rate"], eval_return=r["mean_return"])
-            results["evals"].append({"step": step, "success": r["success_rate"], "ci95": r["ci95"],
-                                     "mean_length": r["mean_length"], "mean_return": r["mean_return"]})
-            bar.set_postfix(success=f"{r['success_rate']:.2f}")
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            saved = {"step": step, "episodes": episodes}
-            if cfg.save_buffer:
-                saved["buffer"] = online.state_dict()
-            run.save(step, {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
+                r = evaluate(act, cfg.env.name, cfg.eval_episodes, cfg.eval_envs, seed=10_000 + cfg.seed,
+                             env_options=cfg.env.kwargs(), progress=False)
+                run.log(step, eval_success=r["success_rate"], eval_return=r["mean_return"])
+                results["evals"].append({"step": step, "success": r["success_rate"], "ci95": r["ci95"],
+                                         "mean_length": r["mean_length"], "mean_return": r["mean_return"]})
+                bar.set_postfix(success=f"{r['success_rate']:.2f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                saved = {"step": step, "episodes": episodes}
+                if cfg.save_buffer:
+                    saved["buffer"] = online.state_dict()
+                run.save(step, {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
+        if ctx.enabled:  # every process must end with rank 0's weights
+            results["replica_gap"] = learner.replica_gap()
+    finally:
+        if ctx.enabled:
+            learner.stop()
     bar.close()
     env.close()
     results.update(steps=step, episodes=episodes, seconds=time.perf_counter() - t0, buffer_frames=online.frames,

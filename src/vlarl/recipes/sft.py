@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint,
 @dataclass
 class SFTConfig:
     datasets: list[str] = field(default_factory=lambda: ["data/demos"])
-    episodes_per_dataset: int | None = None  # the first N episodes of each (low-data runs)
+    episodes_per_dataset: int | list[int] | None = None  # the first N episodes of each (low-data runs), or N per dataset
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     init_run: str | None = None  # fine-tune the policy of this finished SFT run (its spec must match)
     steps: int = 2000
@@ -53,14 +54,23 @@ class SFTConfig:
 
 
 # --- data ---------------------------------------------------------------------------------
+def dataset_limits(limit: int | Sequence[int | None] | None, n: int) -> list[int | None]:
+    """One episode limit per dataset from ``episodes_per_dataset`` (one for all, or one each)."""
+    if limit is None or isinstance(limit, int):
+        return [limit] * n
+    if len(limit) != n:
+        raise VlarlError(f"episodes_per_dataset: {len(limit)} limits for {n} datasets")
+    return list(limit)
+
+
 class SFTData:
     """Every (observation, action chunk, instruction) of the datasets, in memory as tensors
     (images stay uint8)."""
 
-    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None | list[int | None] = None) -> None:
+    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None | Sequence[int | None] = None) -> None:
         """``episodes_per_dataset``: the first N episodes of each dataset (all when None), or
         one such limit per path."""
-        limits = episodes_per_dataset if isinstance(episodes_per_dataset, list) else [episodes_per_dataset] * len(paths)
+        limits = dataset_limits(episodes_per_dataset, len(paths))
         images: dict[str, list[np.ndarray]] = {}
         states, actions, instr = [], [], []
         self.instructions: list[str] = []
@@ -151,14 +161,13 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     from vlarl.models.language import InstructionEncoder
     from vlarl.runtime import distributed
 
-    device = resolve_device((resume.config if resume is not None else cfg).device)
-    ctx = distributed.init_from_env(device)
-    if ctx.is_main:
-        run, cfg = Run.start(cfg, resume)
-    else:  # rank 0 makes (or reopens) the run; the others follow it and write nothing
-        cfg = resume.config if resume is not None else cfg
-        run, progress = distributed.FollowerRun(cfg.run_dir if resume is None else resume.path, cfg), False
-    distributed.barrier(ctx)
+    cfg = resume.config if resume is not None else cfg
+    if cfg is None:
+        raise VlarlError("train_sft: a config or a run to resume is needed")
+    ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
+    device = ctx.device
+    distributed.require_divisible(cfg.batch_size, ctx, "batch_size")
+    run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = SFTData(cfg.datasets, cfg.policy.chunk, cfg.episodes_per_dataset)
@@ -227,7 +236,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     bar.close()
     if not ctx.is_main:
         distributed.barrier(ctx)  # rank 0 evaluates and writes the results
-        return {"rank": ctx.rank, "steps": step}
+        return {"follower": True, "rank": ctx.rank, "steps": step}
     final = evaluate_policy(policy, lang, data.tasks, cfg, run.path / "eval", videos=cfg.video_episodes)
     _log_eval(run, step, final)
     results.update(_summary(final), train_seconds=counters["train_seconds"], steps=step)

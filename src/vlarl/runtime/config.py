@@ -23,12 +23,12 @@ from vlarl.fileio import atomic_write_bytes
 T = TypeVar("T")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def _field_types(cls: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def valid_keys(cls: type, prefix: str = "") -> list[str]:
+def valid_keys(cls: Any, prefix: str = "") -> list[str]:
     """All dotted keys of a config dataclass, nested ones included."""
     keys = []
     for name, tp in _field_types(cls).items():
@@ -83,7 +83,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping of {getattr(tp, '__name__', tp)} keys, got {value!r}")
         return _build_nested(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
@@ -147,7 +147,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return _build_nested(cls, values, str(path) if path else "config")
 
 
-def _build_nested(cls: type[T], values: dict[str, Any], where: str, prefix: str = "", base: Any = None) -> T:
+def _build_nested(cls: Any, values: dict[str, Any], where: str, prefix: str = "", base: Any = None) -> Any:
     """An instance of ``cls`` from (possibly partial) values. Omitted keys keep ``base``'s
     values, else the defaults the enclosing config gives (its ``default_factory``), else
     the class defaults: overriding ``env.name`` must not reset the recipe's other env keys."""
@@ -167,7 +167,7 @@ def _build_nested(cls: type[T], values: dict[str, Any], where: str, prefix: str 
     return cls(**kwargs)
 
 
-def _field_default(cls: type, name: str) -> Any:
+def _field_default(cls: Any, name: str) -> Any:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()

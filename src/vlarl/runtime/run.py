@@ -77,8 +77,9 @@ class Run:
             config = load_config(config_cls, path / "config.yaml", overrides)
         ckpt = latest_checkpoint(path / "checkpoints")
         step = json.loads((ckpt / "meta.json").read_text())["step"] if ckpt else None
-        _truncate_metrics(path / "metrics.jsonl", step)
-        save_config(config, path / "config.yaml")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the run
+            _truncate_metrics(path / "metrics.jsonl", step)
+            save_config(config, path / "config.yaml")
         return cls(path, config, resumed_step=step)
 
     # --- logging ------------------------------------------------------------------------
