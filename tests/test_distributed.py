@@ -45,6 +45,7 @@ SCRIPT = textwrap.dedent('''
     distributed.average_gradients(agent.critic.parameters(), ctx)
     sac = {n: p.grad.clone() for n, p in agent.critic.named_parameters() if p.grad is not None}
     torch.save({"sft": sft, "sac": sac, "loss": float(loss)}, f"{out}/rank{ctx.rank}_of{ctx.world_size}.pt")
+    distributed.shutdown()  # without it gloo's threads sometimes abort the exit
 ''')
 
 
@@ -99,7 +100,7 @@ def test_sac_learner_hands_every_gradient_to_its_sync_hook():
 
 
 @pytest.mark.timeout(600)
-def test_sft_under_torchrun_with_two_processes_ends_where_one_process_does(tmp_path):
+def test_sft_under_torchrun_ddp_and_fsdp_with_two_processes_end_where_one_process_does(tmp_path):
     from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
 
     demos = tmp_path / "demos"
@@ -134,6 +135,20 @@ def test_sft_under_torchrun_with_two_processes_ends_where_one_process_does(tmp_p
     assert json.loads((tmp_path / "two" / "results.json").read_text())["steps"] == 12
     assert not (tmp_path / "two" / "rank1").exists()
 
+    # FSDP: the encoder and trunk blocks sharded over the 2 processes; stopped at step 6 and
+    # resumed (weights whole, optimiser state whole and keyed by name), it ends where one process does.
+    fsdp = tmp_path / "fsdp"
+    _torchrun(["train", "sft", *[c for c in common if not c.startswith("steps=")], "steps=6", "parallel=fsdp",
+               f"run_dir={fsdp}"], tmp_path)
+    _torchrun(["train", "sft", "--resume", str(fsdp), "steps=12"], tmp_path)
+    state = torch.load(latest_checkpoint(fsdp / "checkpoints") / "state.pt", weights_only=False)
+    assert any(k.startswith("trunk.blocks.") for k in state["optimizers"]["opt"]["state"])  # Adam moments, by name
+    w3 = load_file(latest_checkpoint(fsdp / "checkpoints") / "policy.safetensors")
+    assert set(w3) == set(w1)
+    for k in w1:
+        torch.testing.assert_close(w3[k], w1[k], rtol=0, atol=1e-4, msg=k)
+    assert json.loads((fsdp / "results.json").read_text())["resumed_from"] == 6
+
 
 SCATTER = textwrap.dedent('''
     import sys, torch
@@ -147,6 +162,7 @@ SCATTER = textwrap.dedent('''
                for _ in range(2)]
     mine = distributed.scatter_batches(batches if ctx.is_main else None, ctx)
     torch.save({"sent": batches, "got": mine}, f"{sys.argv[1]}/scatter_rank{ctx.rank}.pt")
+    distributed.shutdown()
 ''')
 
 

@@ -167,7 +167,11 @@ def _train(args: argparse.Namespace) -> int:
         results = train(resume=Run.resume(args.resume, cfg_cls, flags + args.overrides))
     else:
         results = train(load_config(cfg_cls, args.config, flags + args.overrides))
-    print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
+    from vlarl.runtime.distributed import shutdown
+
+    shutdown()  # under torchrun
+    if not results.get("follower"):
+        print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
     return 0
 
 

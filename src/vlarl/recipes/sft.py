@@ -8,6 +8,7 @@ encoder runs live (trainable encoder or ``cache_features=false``).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Sequence
@@ -22,9 +23,11 @@ from tqdm import tqdm
 from vlarl.algos.bc import bc_loss
 from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
-from vlarl.errors import VlarlError
+from vlarl.errors import VlarlError, unknown
 from vlarl.models.policy import PolicyConfig, VLAPolicy
 from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, resolve_device, seed_everything
+
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -51,6 +54,9 @@ class SFTConfig:
     run_dir: str = "runs/sft"
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    # Under torchrun: "ddp" keeps a whole replica per process; "fsdp" shards the image encoder and
+    # the trunk's blocks over the processes (large trunks), the rest replicated.
+    parallel: str = "ddp"
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -167,6 +173,9 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
     device = ctx.device
     distributed.require_divisible(cfg.batch_size, ctx, "batch_size")
+    if cfg.parallel not in PARALLEL:
+        raise VlarlError(unknown("parallel", cfg.parallel, PARALLEL))
+    fsdp = ctx.enabled and cfg.parallel == "fsdp"
     run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -176,8 +185,16 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     policy = VLAPolicy(cfg.policy, data.cameras, data.image_size, data.state_dim, data.action_dim).to(device)
     if ctx.is_main:
         (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    counters = run.restore({"policy": policy}, {"opt": opt}, {"rng": rng})
+
+    def make_opt() -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay)
+
+    # FSDP: weights load into the whole module before it is sharded; the optimiser state (saved
+    # whole, keyed by parameter name) waits for the sharded optimiser.
+    saved_opt = distributed.SavedOptimizer()
+    opt = None if fsdp else make_opt()
+    counters = run.restore({"policy": policy}, {"opt": saved_opt if opt is None else opt}, {"rng": rng})
     if counters is None and cfg.init_run:  # a new run fine-tuning a trained generalist
         _load_init(policy, cfg.init_run, policy_spec(policy, data), device)
     distributed.broadcast_module(policy, ctx)
@@ -186,6 +203,26 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
         gen.set_state(counters["shift_rng"])
     cached = cfg.cache_features and policy.encoder_frozen
     cache = cache_tokens(policy, data, device) if cached else None
+    whole = policy  # what rank 0 checkpoints and evaluates
+    if fsdp:
+        whole = copy.deepcopy(policy) if ctx.is_main else policy  # rank 0's unsharded copy, refreshed from the shards
+        distributed.fully_shard_modules([policy.encoder, *policy.trunk.blocks], ctx)
+        opt = make_opt()
+        if saved_opt.state is not None:
+            distributed.load_full_optimizer_state(policy, opt, saved_opt.state)
+    assert opt is not None
+    synced = distributed.replicated(policy.parameters()) if fsdp else list(policy.parameters())
+
+    def refresh_whole() -> dict[str, Any] | None:
+        """FSDP (every process): the shards gathered into rank 0's whole copy; returns the whole
+        optimiser state to checkpoint."""
+        if not fsdp:
+            return None
+        assert opt is not None
+        weights, optim = distributed.full_state(policy, opt)
+        if ctx.is_main:
+            whole.load_state_dict(weights)
+        return optim
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     state, actions, instr = data.state.to(device), data.actions.to(device), data.instr.to(device)
 
@@ -204,8 +241,11 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if update:
-            distributed.average_gradients(policy.parameters(), ctx)  # each process held 1/N of the batch
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            distributed.average_gradients(synced, ctx)  # each process held 1/N of the batch
+            if fsdp:  # FSDP averaged its shards' gradients in the backward
+                distributed.clip_grad_norm(policy.parameters(), 1.0, ctx)
+            else:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
         return loss.detach()
 
@@ -226,20 +266,24 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
             losses.clear()
             run.log(step, loss=loss)
             bar.set_postfix(loss=f"{loss:.4f}")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and ctx.is_main:
-            _log_eval(run, step, evaluate_policy(policy, lang, data.tasks, cfg, run.path / f"eval_{step}"))
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            refresh_whole()
+            if ctx.is_main:
+                _log_eval(run, step, evaluate_policy(whole, lang, data.tasks, cfg, run.path / f"eval_{step}"))
         if step % cfg.save_every == 0 or step == cfg.steps:
             counters = {"step": step, "train_seconds": counters["train_seconds"] + time.perf_counter() - t_start,
                         "shift_rng": gen.get_state()}
             t_start = time.perf_counter()
-            run.save(step, {"policy": policy}, {"opt": opt}, counters, {"rng": rng})
+            optim = refresh_whole()
+            run.save(step, {"policy": whole}, {"opt": opt if optim is None else distributed.SavedOptimizer(optim)},
+                     counters, {"rng": rng})
     bar.close()
     if not ctx.is_main:
         distributed.barrier(ctx)  # rank 0 evaluates and writes the results
         return {"follower": True, "rank": ctx.rank, "steps": step}
-    final = evaluate_policy(policy, lang, data.tasks, cfg, run.path / "eval", videos=cfg.video_episodes)
+    final = evaluate_policy(whole, lang, data.tasks, cfg, run.path / "eval", videos=cfg.video_episodes)
     _log_eval(run, step, final)
-    results.update(_summary(final), train_seconds=counters["train_seconds"], steps=step)
+    results.update(_summary(final), train_seconds=counters["train_seconds"], steps=step, resumed_from=run.resumed_step)
     run.write_results(results)
     from vlarl.eval.evaluate import results_table
 

@@ -105,6 +105,14 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group (if any) once every process is done: a clean exit instead of
+    gloo's threads being torn down by the interpreter."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def start_run(config: Any, resume: Any, ctx: DistContext, progress: bool) -> tuple[Any, Any, bool]:
     """(run, config, progress) for a recipe under ``ctx``: rank 0 makes (or reopens) the run;
     the others hold a ``FollowerRun`` on the same path and show no progress bar."""
@@ -294,3 +302,76 @@ def replicas_agree(module: torch.nn.Module, ctx: DistContext) -> float:
     gap = (flat - ref).abs().max()
     dist.all_reduce(gap, op=dist.ReduceOp.MAX)
     return float(gap)
+
+
+# --- FSDP: large trunks sharded over the processes --------------------------------------------
+def fully_shard_modules(modules: Iterable[torch.nn.Module], ctx: DistContext) -> None:
+    """Shard each module's parameters (FSDP2 ``fully_shard``) over every process of ``ctx``:
+    each process keeps 1/N of them and gathers a module's whole weights only for its
+    forward and backward, then reduce-scatters (averages) its gradients. Each module must be
+    run through its ``forward`` (the hooks that gather live there); parameters outside these
+    modules stay replicated and are averaged with ``average_gradients``."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    for module in modules:
+        fully_shard(module, mesh=mesh)
+
+
+def replicated(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The parameters FSDP does not shard (plain tensors, not DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return [p for p in params if not isinstance(p, DTensor)]
+
+
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, ctx: DistContext) -> torch.Tensor:
+    """``clip_grad_norm_`` over a mix of sharded (DTensor) and replicated gradients: the norm of
+    the whole gradient, every process scaling by the same factor."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g.to_local() for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    device = grads[0].device if grads else ctx.device
+    local = torch.stack([g.float().pow(2).sum() for g in sharded]).sum() if sharded else torch.zeros((), device=device)
+    if ctx.enabled and sharded:
+        dist.all_reduce(local)  # each process holds a different shard of these
+    total = local + (torch.stack([g.float().pow(2).sum() for g in plain]).sum() if plain else 0.0)
+    norm = total.sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in sharded + plain:
+        g.mul_(scale.to(g.dtype))
+    return norm
+
+
+class SavedOptimizer:
+    """Stands in for an optimiser in a checkpoint: holds a full (unsharded, name-keyed)
+    optimiser state, to save, or as loaded until the sharded optimiser exists."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.state is not None
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+
+def full_state(module: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, optimiser state) of a sharded module, whole, on rank 0's CPU (empty on the
+    others). Every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=full), get_optimizer_state_dict(module, opt, options=full)
+
+
+def load_full_optimizer_state(module: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """A ``full_state`` optimiser state into a sharded module's optimiser (every process)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, opt, state, options=StateDictOptions(full_state_dict=True))
