@@ -25,6 +25,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("GRAPE", ("grape",)),
     ("RLDG", ("rldg",)),
     ("ASAP", ("asap",)),
+    ("Ecosystem: LeRobot data, robot bridge, data-parallel learners, wheel", ("ecosystem",)),
 )
 _COMMAND = re.compile(r"(?:^|`)((?:python|vlarl) [^`\n]+)")
 
