@@ -252,7 +252,7 @@ class ShardedLearner:
     def replica_gap(self) -> float:
         """Rank 0: the largest parameter difference between any process's agent and rank 0's."""
         dist.broadcast_object_list([("check", None, None, None)], src=0)
-        return replicas_agree(self.learner.agent, self.ctx)
+        return max_replica_difference(self.learner.agent, self.ctx)
 
     def stop(self) -> None:
         """Rank 0: release the followers (call it however the run ends)."""
@@ -269,7 +269,7 @@ class ShardedLearner:
             if op == "stop":
                 return done
             if op == "check":
-                replicas_agree(self.learner.agent, self.ctx)
+                max_replica_difference(self.learner.agent, self.ctx)
                 continue
             for key, value in schedule.items():
                 setattr(self.learner, key, value)
@@ -291,7 +291,7 @@ def shard_learner(learner: Any, ctx: DistContext) -> Any:
     return ShardedLearner(learner, ctx) if ctx.enabled else learner
 
 
-def replicas_agree(module: torch.nn.Module, ctx: DistContext) -> float:
+def max_replica_difference(module: torch.nn.Module, ctx: DistContext) -> float:
     """Largest difference between this module's parameters on any process and on rank 0
     (0.0 when the replicas are identical, as data-parallel training keeps them)."""
     if not ctx.enabled:
