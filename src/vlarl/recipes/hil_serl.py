@@ -45,7 +45,7 @@ from vlarl.envs.wrappers import RewardShapingConfig
 from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
 from vlarl.recipes.rlpd import _obs_to_torch
-from vlarl.runtime import Run, load_config, resolve_device, seed_everything
+from vlarl.runtime import Run, load_config, seed_everything
 from vlarl.runtime.actor import ActorParts, EnvStepper, EpisodeStream
 from vlarl.runtime.launcher import ActorLauncher
 from vlarl.runtime.transport import LearnerServer, TransportConfig
@@ -342,11 +342,8 @@ def evaluate_policy(cfg: HILSERLConfig, agent: Agent, episodes: int, seed: int,
 def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
     from vlarl.runtime import distributed
 
-    cfg = resume.config if resume is not None else cfg
-    if cfg is None:
-        raise VlarlError("train_hil_serl: a config or a run to resume is needed")
+    cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
     cfg.check()
-    ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
     distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
     run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     threads = cfg.learner_threads or max(1, (os.cpu_count() or 2) - (cfg.actors if cfg.runtime != "inprocess" else 0))

@@ -28,7 +28,7 @@ from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
 from vlarl.data.replay import ReplayBuffer, sample_mixed
 from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
-from vlarl.runtime import Run, resolve_device, seed_everything
+from vlarl.runtime import Run, seed_everything
 
 
 @dataclass
@@ -68,10 +68,7 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     from vlarl.eval.evaluate import evaluate
     from vlarl.runtime import distributed
 
-    cfg = resume.config if resume is not None else cfg
-    if cfg is None:
-        raise VlarlError("train_rlpd: a config or a run to resume is needed")
-    ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
+    cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
     device = ctx.device
     distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
     run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)

@@ -25,7 +25,7 @@ from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
 from vlarl.errors import VlarlError, unknown
 from vlarl.models.policy import PolicyConfig, VLAPolicy
-from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, resolve_device, seed_everything
+from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, seed_everything
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -167,10 +167,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     from vlarl.models.language import InstructionEncoder
     from vlarl.runtime import distributed
 
-    cfg = resume.config if resume is not None else cfg
-    if cfg is None:
-        raise VlarlError("train_sft: a config or a run to resume is needed")
-    ctx = distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: one process per device
+    cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
     device = ctx.device
     distributed.require_divisible(cfg.batch_size, ctx, "batch_size")
     if cfg.parallel not in PARALLEL:

@@ -63,6 +63,16 @@ def init_from_env(device: torch.device) -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), device)
 
 
+def init_for(config: Any, resume: Any) -> tuple[Any, DistContext]:
+    """A recipe's config (the resumed run's when resuming) and the process group on its device."""
+    from vlarl.runtime.run import resolve_device
+
+    config = resume.config if resume is not None else config
+    if config is None:
+        raise VlarlError("a config or a run to resume is needed")
+    return config, init_from_env(resolve_device(config.device))
+
+
 def require_divisible(batch_size: int, ctx: DistContext, key: str) -> None:
     """Every process checks it before anything starts: a batch splits into N equal slices."""
     if batch_size % ctx.world_size:
