@@ -21,19 +21,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _serve(port, env="toy/reach"):
-    return subprocess.Popen([sys.executable, "-m", "vlarl", "robot", "serve", "--env", env, "--port", str(port)],
+def _secret(tmp_path):
+    from vlarl.runtime.secret import write_secret_file
+
+    path = tmp_path / "robot.secret"
+    write_secret_file(path)
+    return path
+
+
+def _serve(port, secret_file, env="toy/reach", *options):
+    return subprocess.Popen([sys.executable, "-m", "vlarl", "robot", "serve", "--env", env, "--port", str(port),
+                             "--secret-file", str(secret_file), *options],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.timeout(120)
-def test_remote_env_matches_the_local_one_survives_a_killed_robot_and_reconnects():
+def test_remote_env_matches_the_local_one_survives_a_killed_robot_and_reconnects(tmp_path):
     from vlarl.runtime.bridge import RemoteEnv, RobotDisconnected
 
-    port = _free_port()
-    server = _serve(port)
+    port, secret = _free_port(), _secret(tmp_path)
+    server = _serve(port, secret)
     try:
-        remote = RemoteEnv("127.0.0.1", port, timeout_s=5, connect_timeout_s=30)
+        remote = RemoteEnv("127.0.0.1", port, secret_file=secret, timeout_s=5, connect_timeout_s=30)
         local = make("toy/reach")
         assert remote.action_space == local.action_space
         obs_r, _ = remote.reset(seed=3)
@@ -55,7 +64,7 @@ def test_remote_env_matches_the_local_one_survives_a_killed_robot_and_reconnects
             remote.step(np.zeros(2, np.float32))
         with pytest.raises(RobotDisconnected, match="not connected"):
             remote.step(np.zeros(2, np.float32))
-        server = _serve(port)  # back up: the next reset reconnects
+        server = _serve(port, secret)  # back up: the next reset reconnects
         obs_r, _ = remote.reset(seed=3)
         np.testing.assert_array_equal(obs_r["state"], local.reset(seed=3)[0]["state"])
         assert remote.step(np.zeros(2, np.float32))[0]["state"].shape == (4,)
@@ -66,12 +75,12 @@ def test_remote_env_matches_the_local_one_survives_a_killed_robot_and_reconnects
         server.wait()
 
 
-def test_a_robot_that_never_answers_is_named_in_time():
+def test_a_robot_that_never_answers_is_named_in_time(tmp_path):
     from vlarl.runtime.bridge import RemoteEnv, RobotDisconnected
 
     t0 = time.monotonic()
     with pytest.raises(RobotDisconnected, match="cannot connect within 1 s"):
-        RemoteEnv("127.0.0.1", _free_port(), connect_timeout_s=1)
+        RemoteEnv("127.0.0.1", _free_port(), secret_file=_secret(tmp_path), connect_timeout_s=1)
     assert time.monotonic() - t0 < 10
 
 
@@ -100,16 +109,15 @@ def test_safety_box_keeps_the_end_effector_inside_and_slow(close_after):
 
 
 @pytest.mark.timeout(120)
-def test_pixel_steps_are_not_held_back_by_the_network_stack():
+def test_pixel_steps_are_not_held_back_by_the_network_stack(tmp_path):
     """An 84 px observation is sent as a header and a body; without TCP_NODELAY every step
     waited ~40 ms for a delayed ACK (measured 44 ms); with it, well under a millisecond."""
     from vlarl.runtime.bridge import RemoteEnv
 
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "vlarl", "robot", "serve", "--env", "toy/reach", "--port", str(port),
-                               "obs_mode=pixels", "image_size=84"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, secret = _free_port(), _secret(tmp_path)
+    server = _serve(port, secret, "toy/reach", "obs_mode=pixels", "image_size=84")
     try:
-        remote = RemoteEnv("127.0.0.1", port, connect_timeout_s=30)
+        remote = RemoteEnv("127.0.0.1", port, secret_file=secret, connect_timeout_s=30)
         obs, _ = remote.reset(seed=0)
         assert obs["pixels"]["top"].shape == (84, 84, 3)
         for _ in range(60):

@@ -127,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every one)")
     serve.add_argument("--port", type=int, default=7000)
     serve.add_argument("--safety", action="store_true", help="wrap the env in the default SafetyBox")
+    serve.add_argument("--secret-file", help="the secret clients must hold (made, mode 0600, if missing; "
+                       "default ~/.vlarl/robot-PORT.secret); VLARL_ROBOT_SECRET overrides it")
+    serve.add_argument("--new-secret", action="store_true", help="replace the secret file with a fresh random secret")
+    serve.add_argument("--tls-cert", help="TLS certificate (PEM) for untrusted networks; needs --tls-key")
+    serve.add_argument("--tls-key", help="TLS private key (PEM)")
+    serve.add_argument("--idle-timeout", type=float, default=300.0,
+                       help="seconds a client may hold the robot without a request (default 300)")
     serve.add_argument("options", nargs="*", help="env options as key=value, e.g. obs_mode=pixels")
     sub.add_parser("envs", help="list the registered envs and their instructions")
     rpr = sub.add_parser("reproduce", help="run a method's benchmark end to end (data, training, evaluation, figures)")
@@ -282,8 +289,20 @@ def _robot_serve(args: argparse.Namespace) -> int:
         env = make(args.env, **options)
         return SafetyBox(env) if args.safety else env
 
-    server = RobotServer(make_env, args.host, args.port)
-    print(f"robot: serving {args.env} on {server.address[0]}:{server.address[1]}", flush=True)
+    import os
+
+    from vlarl.runtime.secret import ROBOT_SECRET_ENV, default_robot_secret_file, robot_server_secret
+    from vlarl.runtime.wire import TLSConfig
+
+    secret_file = args.secret_file or default_robot_secret_file(args.port)
+    secret = robot_server_secret(secret_file, rotate=args.new_secret)
+    tls = TLSConfig(cert=args.tls_cert, key=args.tls_key) if (args.tls_cert or args.tls_key) else None
+    server = RobotServer(make_env, args.host, args.port, secret=secret, tls=tls, idle_timeout_s=args.idle_timeout)
+    where = f"${ROBOT_SECRET_ENV}" if os.environ.get(ROBOT_SECRET_ENV) else str(secret_file)
+    print(f"robot: serving {args.env} on {server.address[0]}:{server.address[1]}" + (" over TLS" if tls else ""),
+          flush=True)
+    print(f"robot: clients need the secret in {where} (mode 0600): copy it to the learner's machine and pass "
+          f"RemoteEnv(host, port, secret_file=PATH) or set VLARL_ROBOT_SECRET_FILE=PATH", flush=True)
     server.serve_forever()
     return 0
 

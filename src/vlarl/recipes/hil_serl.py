@@ -48,7 +48,8 @@ from vlarl.recipes.rlpd import _obs_to_torch
 from vlarl.runtime import Run, load_config, seed_everything
 from vlarl.runtime.actor import ActorParts, EnvStepper, EpisodeStream
 from vlarl.runtime.launcher import ActorLauncher
-from vlarl.runtime.transport import LearnerServer, TransportConfig
+from vlarl.runtime.secret import start_run_secret
+from vlarl.runtime.transport import EpisodeSpec, LearnerServer, TransportConfig, weights_spec
 
 Agent = SACAgent | ConRFTAgent  # what make_agent builds: both act and share the critic's encoder
 
@@ -211,7 +212,8 @@ def build_actor(cfg: HILSERLConfig, actor_id: int, agent: Agent | None = None) -
         if device is not None and hasattr(device, "set_progress"):
             device.set_progress(payload["env_steps"])
 
-    return ActorParts(env=env, act=act, load=load, transport=cfg.transport, seed=seed, control_hz=cfg.control_hz)
+    return ActorParts(env=env, act=act, load=load, transport=cfg.transport, seed=seed, control_hz=cfg.control_hz,
+                      weights_spec=weights_spec(_acting_state(agent)))
 
 
 def actor_parts(run_dir: str, actor_id: int, config_cls: type[HILSERLConfig] | None = None) -> ActorParts:
@@ -361,6 +363,9 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     probe, _ = make_env(cfg, cfg.seed)
     agent = _agent_for(cfg, probe).to(device)
     state_dim, action_dim, cameras = env_dims(probe)
+    # actors' episodes are checked against this env before they touch a buffer
+    episode_spec = EpisodeSpec(state_dim, action_dim, cameras,
+                               int(getattr(probe.unwrapped, "episode_length", None) or cfg.env.episode_length or 10_000))
     probe.close()
     learner = cfg.make_learner(agent, gen)
     if not ctx.is_main:  # a follower: rank 0 serves the actors, holds the buffers and evaluates
@@ -401,9 +406,10 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     else:
         if cfg.runtime == "ray" and cfg.transport.host == "127.0.0.1" and cfg.ray_address:
             log("runtime=ray with a cluster: set transport.host=0.0.0.0 so remote actors can connect")
-        server = LearnerServer(cfg.transport, run.path, log=log)
+        secret = start_run_secret(run.path)  # fresh at each start; actors read RUN/secret (0600)
+        server = LearnerServer(cfg.transport, run.path, secret, episode_spec, max_actors=cfg.actors, log=log)
         actors = ActorLauncher(cfg.runtime, run.path, cfg.actor_entry, cfg.actors,
-                               cfg.respawn_actors, cfg.ray_address, log)
+                               cfg.respawn_actors, cfg.ray_address, log, secret=secret)
         actors.ensure(_reachable(server))
 
     version = c["updates"]

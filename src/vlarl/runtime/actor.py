@@ -19,7 +19,7 @@ import importlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ class ActorParts:
     seed: int = 0
     control_hz: float | None = None  # pace the loop like a real robot; None: as fast as it goes
     orphan_timeout_s: float = 300.0
+    # name -> (dtype, shape) of the weights ``load`` takes (``transport.weights_spec``): weights
+    # that differ are refused before they reach the policy; None: any arrays
+    weights_spec: Mapping[str, tuple[str, tuple[int, ...]]] | None = None
 
 
 def status_path(run_dir: str | Path, actor_id: int) -> Path:
@@ -111,10 +114,13 @@ class EnvStepper:
 
 
 def run_actor(parts: ActorParts, actor_id: int, run_dir: str | Path, max_steps: int | None = None,
-              address: tuple[str, int] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+              address: tuple[str, int] | None = None, log: Callable[[str], None] = print,
+              secret: bytes | None = None) -> dict[str, Any]:
     """The actor loop over a socket link to the learner (found through ``run_dir`` unless
-    ``address`` is given); returns its final counters."""
-    link = ActorClient(actor_id, run_dir, parts.transport, address=address, log=log)
+    ``address`` is given; its secret read from ``run_dir`` unless ``secret`` is given);
+    returns its final counters."""
+    link = ActorClient(actor_id, run_dir, parts.transport, address=address, log=log, secret=secret,
+                       weights_spec=parts.weights_spec)
     stepper: EnvStepper | None = None
     period = 1.0 / parts.control_hz if parts.control_hz else 0.0
     rate = _Rate()

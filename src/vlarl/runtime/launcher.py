@@ -25,8 +25,10 @@ from vlarl.runtime.actor import read_status
 
 class ActorLauncher:
     def __init__(self, runtime: str, run_dir: str | Path, parts: str, actors: int, respawn: bool = True,
-                 ray_address: str | None = None, log: Callable[[str], None] = print) -> None:
+                 ray_address: str | None = None, log: Callable[[str], None] = print,
+                 secret: bytes | None = None) -> None:
         self.runtime, self.run_dir, self.parts = runtime, Path(run_dir), parts
+        self.secret = secret  # handed to Ray actors, which may not see RUN/secret; local ones read it there
         self.actors, self.respawn, self.log = actors, respawn, log
         self.procs: dict[int, Any] = {}
         self._ray_refs: dict[int, Any] = {}
@@ -55,7 +57,8 @@ class ActorLauncher:
 
     def start(self, actor_id: int) -> None:
         if self.runtime == "ray":
-            self._ray_refs[actor_id] = _ray_actor().remote(self.parts, str(self.run_dir), actor_id, self._address)
+            self._ray_refs[actor_id] = _ray_actor().remote(self.parts, str(self.run_dir), actor_id, self._address,
+                                                           self.secret)
             return
         cmd = [sys.executable, "-m", "vlarl.runtime.actor", "--run-dir", str(self.run_dir),
                "--actor-id", str(actor_id), "--parts", self.parts]
@@ -163,12 +166,13 @@ def _ray_actor():
     import ray
 
     @ray.remote(num_cpus=1, max_retries=0)  # the launcher respawns actors itself; a Ray retry would duplicate one
-    def ray_actor(parts_spec: str, run_dir: str, actor_id: int, address: tuple[str, int]) -> dict[str, Any]:
+    def ray_actor(parts_spec: str, run_dir: str, actor_id: int, address: tuple[str, int],
+                  secret: bytes | None) -> dict[str, Any]:
         import torch
 
         from vlarl.runtime.actor import build_parts, run_actor
 
         torch.set_num_threads(1)
-        return run_actor(build_parts(parts_spec, run_dir, actor_id), actor_id, run_dir, address=address)
+        return run_actor(build_parts(parts_spec, run_dir, actor_id), actor_id, run_dir, address=address, secret=secret)
 
     return ray_actor

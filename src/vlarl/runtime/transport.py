@@ -1,51 +1,51 @@
-"""Actor <-> learner messaging over local sockets (``multiprocessing.connection``).
+"""Actor <-> learner messaging over TCP, in vlarl's wire format (``vlarl.runtime.wire``).
 
-The learner listens; each actor connects, says hello, then sends finished episodes and
-receives weights. Both sides send a heartbeat every ``heartbeat_s`` and treat a peer silent
-for ``timeout_s`` as gone (a stalled process holds its socket open, so a closed socket is
-not the only sign of death). Nothing on the actor's control loop ever waits on the network:
-a background thread does all sending and receiving, and the loop only touches bounded,
-non-blocking queues whose drops are counted.
+The learner listens; each actor connects, proves it holds the run's secret (``RUN/secret``,
+drawn at each learner start, see ``vlarl.runtime.secret``), says hello, then sends finished
+episodes and receives weights. Both sides send a heartbeat every ``heartbeat_s`` and treat a
+peer silent for ``timeout_s`` as gone (a stalled process holds its socket open, so a closed
+socket is not the only sign of death). Nothing on the actor's control loop ever waits on the
+network: a background thread does all sending and receiving, and the loop only touches
+bounded, non-blocking queues whose drops are counted.
 
-Messages are pickled tuples ``(kind, payload)``:
+Messages (kind: body), data only:
 
-    actor -> learner   ("hello", {"actor": id, "pid": pid})
-                       ("episode", {"actor": id, "arrays": {...}, "intervened": bool[T], ...})
-                       ("stats", {...})          also serves as the actor's heartbeat
-    learner -> actor   ("weights", (version, state_dict))
-                       ("heartbeat", None)
-                       ("stop", None)
+    actor -> learner   hello:   {"actor": id, "pid": pid}
+                       episode: {"arrays": {key: array}, "intervened": bool[T], "success", "true_success",
+                                 "weights_version"}
+                       stats:   {name: number}        also serves as the actor's heartbeat
+    learner -> actor   weights: {"version": int, "payload": {"state_dict": {name: array}, ...}}
+                       heartbeat, stop, refused: {"reason": str}
+
+The learner runs each handshake on its own thread with a deadline (the accept loop only
+accepts), keeps at most ``max_pending`` unauthenticated connections (the oldest is dropped
+for a new one), binds an actor id to its connection (a second hello for a live id is refused,
+not obeyed), and checks every episode against the env's spec (keys, dtypes, shapes, lengths,
+finite values) before it reaches the inbox. A peer that breaks any of this is logged with its
+address and disconnected; the others are served on.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import os
-import pickle
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Client, Connection, Listener
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
-
-AUTHKEY = b"vlarl"
-
-
-def send(conn: Connection, message: tuple[str, Any]) -> None:
-    """Plain pickle, not multiprocessing's: torch would otherwise pass tensors as shared-memory
-    handles, which a process on another machine (or after a restart) cannot open."""
-    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def recv(conn: Connection) -> tuple[str, Any]:
-    return pickle.loads(conn.recv_bytes())
+from vlarl.runtime import wire
+from vlarl.runtime.secret import actor_secret
+from vlarl.runtime.wire import TLSConfig, WireError
 
 
 @dataclass
@@ -54,7 +54,11 @@ class TransportConfig:
     port: int = 0  # 0: a free port, kept across learner restarts (see learner.json)
     heartbeat_s: float = 1.0
     timeout_s: float = 5.0  # a peer silent this long is reported and dropped
+    handshake_timeout_s: float = 5.0  # a connection that has not authenticated and said hello by then is dropped
     queue_episodes: int = 64  # bounded queues (episodes) on both sides; overflow is dropped and counted
+    max_pending: int = 32  # unauthenticated connections held at once; the oldest goes for a new one
+    max_message_mb: float = 0.0  # ceiling on one message's arrays; 0: derived from the env's spec
+    tls: TLSConfig = field(default_factory=TLSConfig)  # cert + key (learner), ca (actors): TLS on the link
 
 
 class BoundedQueue:
@@ -104,45 +108,184 @@ def read_address(run_dir: str | Path) -> tuple[str, int] | None:
     path = address_file(run_dir)
     try:
         d = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return str(d["host"]), int(d["port"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return d["host"], int(d["port"])
 
 
 def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
+
+
+# --- what an episode must look like -----------------------------------------------------------
+STEP_FLAGS = ("terminated", "truncated", "is_success")
+EPISODE_KEYS = frozenset({"arrays", "intervened", "success", "true_success", "weights_version"})
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """The episodes a learner accepts: its env's state and action sizes, camera images, and
+    the longest episode the env can produce."""
+
+    state_dim: int
+    action_dim: int
+    cameras: Mapping[str, tuple[int, ...]] | None
+    max_length: int
+
+    def frame_bytes(self) -> int:
+        return 4 * self.state_dim + sum(math.prod(s) for s in (self.cameras or {}).values())
+
+    def max_bytes(self) -> int:
+        """The largest legitimate episode message's arrays (with room for the step columns)."""
+        steps = self.max_length * (4 * self.action_dim + 4 + len(STEP_FLAGS) + 1)
+        return (self.max_length + 1) * self.frame_bytes() + steps + 4096
+
+
+def validate_episode(body: Any, spec: EpisodeSpec) -> dict[str, Any]:
+    """The episode payload as the learner uses it, or WireError saying what is wrong."""
+    if not isinstance(body, dict) or set(body) != EPISODE_KEYS:
+        raise WireError(f"episode fields {sorted(body) if isinstance(body, dict) else type(body).__name__}, "
+                        f"expected {sorted(EPISODE_KEYS)}")
+    arrays = body["arrays"]
+    if not isinstance(arrays, dict):
+        raise WireError("episode 'arrays' is not a mapping of arrays")
+    images = {f"observation.images.{c}": shape for c, shape in (spec.cameras or {}).items()}
+    expected = {"observation.state", "action", "reward", *STEP_FLAGS, *images}
+    if set(arrays) != expected:
+        raise WireError(f"episode arrays {sorted(arrays)}, expected {sorted(expected)}")
+    action = arrays["action"]
+    if not isinstance(action, np.ndarray) or action.ndim != 2:
+        raise WireError("episode 'action' is not a [T, action_dim] array")
+    t = action.shape[0]
+    if not 1 <= t <= spec.max_length:
+        raise WireError(f"episode of {t} steps; the env's episodes have 1 to {spec.max_length}")
+    shapes = {"observation.state": ("float32", (t + 1, spec.state_dim)), "action": ("float32", (t, spec.action_dim)),
+              "reward": ("float32", (t,)), **{k: ("bool", (t,)) for k in STEP_FLAGS},
+              **{k: ("uint8", (t + 1, *shape)) for k, shape in images.items()}}
+    for key, (dtype, shape) in {**shapes, "intervened": ("bool", (t,))}.items():
+        arr = body["intervened"] if key == "intervened" else arrays[key]
+        if not isinstance(arr, np.ndarray) or arr.dtype.name != dtype or arr.shape != shape:
+            got = f"{arr.dtype.name}{list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise WireError(f"episode {key!r} is {got}, expected {dtype}{list(shape)}")
+        if dtype.startswith("float") and not np.isfinite(arr).all():
+            raise WireError(f"episode {key!r} holds non-finite values")
+    for key in ("success", "true_success"):
+        if not isinstance(body[key], bool):
+            raise WireError(f"episode {key!r} is not true/false")
+    if not isinstance(body["weights_version"], int) or isinstance(body["weights_version"], bool):
+        raise WireError("episode 'weights_version' is not an integer")
+    return {"arrays": arrays, "intervened": body["intervened"], "success": body["success"],
+            "true_success": body["true_success"], "weights_version": body["weights_version"]}
+
+
+def validate_stats(body: Any) -> dict[str, Any]:
+    if (not isinstance(body, dict) or len(body) > 64
+            or not all(isinstance(v, (int, float, bool)) or v is None for v in body.values())):
+        raise WireError("stats must be a mapping of at most 64 names to numbers")
+    return body
+
+
+def weights_spec(state_dict: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of a weights payload as it travels (bfloat16 goes as float32)."""
+    return {k: (_wire_dtype(v), tuple(v.shape)) for k, v in state_dict.items()}
+
+
+def _wire_dtype(tensor: Any) -> str:
+    name = str(tensor.dtype).removeprefix("torch.")
+    return "float32" if name == "bfloat16" else name
+
+
+def _to_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Weights payload -> sendable data: tensors that numpy cannot hold go as float32."""
+    out = dict(payload)
+    if out.get("state_dict") is not None:
+        out["state_dict"] = {k: (v.float() if _wire_dtype(v) != str(v.dtype).removeprefix("torch.") else v)
+                             for k, v in out["state_dict"].items()}
+    return out
+
+
+def _from_wire(payload: Any, spec: Mapping[str, tuple[str, tuple[int, ...]]] | None) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise WireError("weights payload is not a mapping")
+    state = payload.get("state_dict")
+    if state is not None:
+        if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+            raise WireError("weights 'state_dict' is not a mapping of arrays")
+        if spec is not None:
+            if set(state) != set(spec):
+                raise WireError(f"weights for {len(state)} tensors, expected this policy's {len(spec)} "
+                                f"(first difference: {sorted(set(state) ^ set(spec))[:3]})")
+            for k, (dtype, shape) in spec.items():
+                if state[k].dtype.name != dtype or state[k].shape != shape:
+                    raise WireError(f"weights {k!r} are {state[k].dtype.name}{list(state[k].shape)}, "
+                                    f"expected {dtype}{list(shape)}")
+        import torch
+
+        payload = {**payload, "state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}
+    return payload
+
+
+class _Throttled:
+    """Logs the first ``burst`` lines, then one in ``every``: a flood of bad peers must not
+    flood the log too."""
+
+    def __init__(self, log: Callable[[str], None], burst: int = 20, every: int = 100) -> None:
+        self.log, self.burst, self.every, self.count = log, burst, every, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, msg: str) -> None:
+        with self._lock:
+            self.count += 1
+            n = self.count
+        if n <= self.burst or n % self.every == 0:
+            self.log(msg if n <= self.burst else f"{msg} ({n} refused connections so far)")
+
+
 # --- learner side ---------------------------------------------------------------------------
 class LearnerServer:
     """Accepts actors, collects their episodes into one bounded inbox, pushes weights.
 
-    ``inbox`` holds ``(actor_id, payload)`` episodes; ``events`` is a list of human-readable
-    lines (joins, losses, timeouts) the learner logs. Weights are kept as "latest only" per
-    actor: a slow actor skips versions instead of queueing them.
+    ``inbox`` holds ``(actor_id, payload)`` episodes; ``log`` gets human-readable lines
+    (joins, losses, timeouts, refused peers with their address). Weights are kept as "latest
+    only" per actor: a slow actor skips versions instead of queueing them. Without an
+    ``episode_spec`` episodes are still checked for form but not against an env.
     """
 
-    def __init__(self, cfg: TransportConfig, run_dir: str | Path, log: Callable[[str], None] = print) -> None:
-        self.cfg = cfg
-        self.log = log
+    def __init__(self, cfg: TransportConfig, run_dir: str | Path, secret: bytes,
+                 episode_spec: EpisodeSpec | None = None, max_actors: int | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg, self.log, self.secret = cfg, log, secret
+        self.episode_spec, self.max_actors = episode_spec, max_actors
+        self.refusals = _Throttled(log)
         self.inbox = BoundedQueue(cfg.queue_episodes)
         self.actor_stats: dict[int, dict[str, Any]] = {}
+        self.refused = 0  # connections and messages refused, for tests and reports
         self._weights: tuple[int, Any] | None = None
         self._weights_cv = threading.Condition()
         self._closing = threading.Event()
-        self._conns: dict[int, Connection] = {}
+        self._conns: dict[int, socket.socket] = {}
+        self._pending: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
+        self._lock = threading.Lock()
         self._stopping = False
+        self._tls = wire.server_tls(cfg.tls)
+        episode_limit = episode_spec.max_bytes() if episode_spec else 1 << 30
+        if cfg.max_message_mb > 0:
+            episode_limit = int(cfg.max_message_mb * 2**20)
+        self.limits = {"episode": episode_limit, "stats": 0}
         port = cfg.port
         if port == 0 and (prev := read_address(run_dir)) is not None:
             port = prev[1]  # actors of the previous learner are retrying this address
         try:
-            self._listener = Listener((cfg.host, port), authkey=AUTHKEY, backlog=64)
+            self._listener = socket.create_server((cfg.host, port), backlog=128)
         except OSError as err:
             if cfg.port == 0 and port != 0:  # the old port is taken by something else
-                self._listener = Listener((cfg.host, 0), authkey=AUTHKEY, backlog=64)
+                self._listener = socket.create_server((cfg.host, 0), backlog=128)
             else:
                 raise VlarlError(f"runtime.transport: cannot listen on {cfg.host}:{port}: {err}") from err
-        self.host, self.port = cfg.host, self._listener.address[1]
+        self._listener.settimeout(0.5)  # the accept loop notices close() within this
+        self.host, self.port = cfg.host, self._listener.getsockname()[1]
         atomic_write_text(address_file(run_dir), json.dumps({"host": self.host, "port": self.port,
                                                              "pid": os.getpid()}))
         threading.Thread(target=self._accept_loop, name="vlarl-accept", daemon=True).start()
@@ -151,10 +294,11 @@ class LearnerServer:
     def connected(self) -> list[int]:
         return sorted(self._conns)
 
-    def publish(self, version: int, state_dict: Any) -> None:
-        """Make new weights the latest; every connected actor gets them soon after."""
+    def publish(self, version: int, payload: Mapping[str, Any]) -> None:
+        """Make new weights the latest; every connected actor gets them soon after.
+        ``payload``: ``{"state_dict": {name: tensor}, ...JSON values}``."""
         with self._weights_cv:
-            self._weights = (version, state_dict)
+            self._weights = (version, _to_wire(payload))
             self._weights_cv.notify_all()
 
     def stop_actors(self) -> None:
@@ -167,104 +311,162 @@ class LearnerServer:
         self._closing.set()
         with self._weights_cv:
             self._weights_cv.notify_all()
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        for conn in list(self._conns.values()):
-            try:
-                conn.close()
-            except OSError:
-                pass
+        wire.close_quietly(self._listener)
+        with self._lock:
+            socks = [*self._conns.values(), *self._pending.values()]
+        for sock in socks:
+            wire.close_quietly(sock)
 
     # --- threads --------------------------------------------------------------------------
     def _accept_loop(self) -> None:
+        """Only accepts: every handshake runs on the connection's own thread."""
         while not self._closing.is_set():
             try:
-                conn = self._listener.accept()
-            except (OSError, EOFError):
+                sock, addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
                 if self._closing.is_set():
                     return
-                continue  # a client that failed the handshake
-            except Exception:  # noqa: BLE001, S112 - an authentication failure must not end accepting
+                time.sleep(0.01)  # e.g. out of file descriptors: keep serving the connected actors
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="vlarl-actor-conn", daemon=True).start()
+            with self._lock:
+                if len(self._pending) >= self.cfg.max_pending:  # drop the oldest, not the newcomer
+                    _, oldest = self._pending.popitem(last=False)
+                    wire.close_quietly(oldest)
+                    self.refused += 1
+                    self.refusals(f"too many connections still handshaking (max_pending "
+                                  f"{self.cfg.max_pending}): dropped the oldest")
+                self._pending[id(sock)] = sock
+            threading.Thread(target=self._serve, args=(sock, _peer(addr)), name="vlarl-actor-conn",
+                             daemon=True).start()
 
-    def _serve(self, conn: Connection) -> None:
-        if not conn.poll(self.cfg.timeout_s):
-            conn.close()
+    def _refuse(self, sock: socket.socket, peer: str, why: str, tell: bool = False) -> None:
+        self.refused += 1
+        self.refusals(f"refused {peer}: {why}")
+        if tell:
+            try:
+                wire.send(sock, "refused", {"reason": why})
+            except (OSError, WireError):
+                pass
+        wire.close_quietly(sock)
+
+    def _admit(self, sock: socket.socket, peer: str) -> tuple[socket.socket, int] | None:
+        """Handshake and hello within the deadline; the authenticated socket and actor id."""
+        try:
+            sock = wire.accept_peer(sock, self.secret, self.cfg.handshake_timeout_s, self._tls)
+            if not wire.readable(sock, self.cfg.handshake_timeout_s):
+                raise WireError("no hello")
+            hello = wire.recv(sock, {"hello": 0}, self.cfg.handshake_timeout_s).body
+            if not (isinstance(hello, dict) and isinstance(hello.get("actor"), int)
+                    and not isinstance(hello["actor"], bool) and isinstance(hello.get("pid"), int)):
+                raise WireError(f"hello is not {{actor: int, pid: int}}: {str(hello)[:80]}")
+        except (WireError, OSError, ValueError) as err:
+            self._refuse(sock, peer, f"{type(err).__name__}: {err}")
+            return None
+        actor = hello["actor"]
+        if self.max_actors is not None and not 0 <= actor < self.max_actors:
+            self._refuse(sock, peer, f"actor id {actor} is not one of this run's 0..{self.max_actors - 1}", tell=True)
+            return None
+        with self._lock:
+            live = actor in self._conns
+            if not live:
+                self._conns[actor] = sock
+        if live:  # identity is bound to the first connection until it ends or goes silent
+            self._refuse(sock, peer, f"actor {actor} is already connected; a second hello is not obeyed", tell=True)
+            return None
+        self.log(f"actor {actor} joined (pid {hello['pid']}, {peer})")
+        return sock, actor
+
+    def _serve(self, raw: socket.socket, peer: str) -> None:
+        try:
+            admitted = self._admit(raw, peer)
+        finally:
+            with self._lock:
+                self._pending.pop(id(raw), None)
+        if admitted is None:
             return
-        kind, hello = recv(conn)
-        if kind != "hello":
-            conn.close()
-            return
-        actor = int(hello["actor"])
-        old = self._conns.pop(actor, None)
-        if old is not None:
-            old.close()  # a restarted actor replaces its stale connection
-        self._conns[actor] = conn
-        self.log(f"actor {actor} joined (pid {hello.get('pid')})")
-        writer = threading.Thread(target=self._write_loop, args=(actor, conn), daemon=True)
+        sock, actor = admitted
+        sock.settimeout(self.cfg.timeout_s)
+        writer = threading.Thread(target=self._write_loop, args=(actor, sock), daemon=True)
         writer.start()
         last_heard = time.monotonic()
         reason = "closed"
         try:
             while not self._closing.is_set():
-                if conn.poll(self.cfg.heartbeat_s):
-                    kind, payload = recv(conn)
+                if wire.readable(sock, self.cfg.heartbeat_s):
+                    msg = wire.recv(sock, self.limits, self.cfg.timeout_s)
                     last_heard = time.monotonic()
-                    if kind == "episode":
-                        self.inbox.put((actor, payload))
-                    elif kind == "stats":
-                        self.actor_stats[actor] = {**payload, "received": time.time()}
+                    if msg.kind == "episode":
+                        episode = validate_episode(msg.body, self.episode_spec) if self.episode_spec else msg.body
+                        self.inbox.put((actor, {"actor": actor, **episode}))
+                    else:
+                        self.actor_stats[actor] = {**validate_stats(msg.body), "received": time.time()}
                 elif time.monotonic() - last_heard > self.cfg.timeout_s:
                     reason = f"silent for {time.monotonic() - last_heard:.1f} s (stalled or dead)"
                     break
-        except Exception as err:  # noqa: BLE001 - a broken or garbled link drops this actor only
+        except wire.PeerClosed:
+            reason = "connection closed"
+        except WireError as err:  # a message that breaks the protocol: refuse it, drop this actor only
+            self.refused += 1
+            reason = f"refused its message ({err}); connection closed"
+            self.log(f"actor {actor} ({peer}) {reason}")
+        except Exception as err:  # noqa: BLE001 - a broken link drops this actor only
             reason = f"connection lost: {type(err).__name__}"
         finally:
-            if self._conns.get(actor) is conn:
-                del self._conns[actor]
-            try:
-                conn.close()
-            except OSError:
-                pass
-        if not (self._closing.is_set() or self._stopping):
+            with self._lock:
+                if self._conns.get(actor) is sock:
+                    del self._conns[actor]
+            wire.close_quietly(sock)
+        if not (self._closing.is_set() or self._stopping) and not reason.startswith("refused"):
             self.log(f"actor {actor} disconnected: {reason}")
 
-    def _write_loop(self, actor: int, conn: Connection) -> None:
-        """The only sender on ``conn``: newest weights, heartbeats, and at the end "stop"."""
+    def _write_loop(self, actor: int, sock: socket.socket) -> None:
+        """The only sender on ``sock``: newest weights, heartbeats, and at the end "stop"."""
         sent_version = -1
-        while not self._closing.is_set() and self._conns.get(actor) is conn:
+        while not self._closing.is_set() and self._conns.get(actor) is sock:
             with self._weights_cv:
                 self._weights_cv.wait(self.cfg.heartbeat_s)
                 weights = self._weights
             try:
                 if self._stopping:
-                    send(conn, ("stop", None))
+                    wire.send(sock, "stop")
                     return
                 if weights is not None and weights[0] != sent_version:
-                    send(conn, ("weights", weights))
+                    wire.send(sock, "weights", {"version": weights[0], "payload": weights[1]})
                     sent_version = weights[0]
                 else:
-                    send(conn, ("heartbeat", None))
-            except (OSError, ValueError):
+                    wire.send(sock, "heartbeat")
+            except (OSError, WireError):
+                wire.close_quietly(sock)  # the reader sees it and reports
                 return
+
+
+def _peer(addr: Any) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
 
 
 # --- actor side -----------------------------------------------------------------------------
 class ActorClient:
     """The actor's link to the learner: ``send_episode`` and ``latest_weights`` never block.
 
-    A background thread connects (and reconnects, forever, with the address re-read from the
-    run directory so a restarted learner is found), sends queued episodes and stats, and keeps
-    the newest weights. While the learner is away, episodes wait in a bounded outbox.
+    A background thread connects (and reconnects, forever, with the address and secret re-read
+    from the run directory so a restarted learner is found), sends queued episodes and stats,
+    and keeps the newest weights, checked against ``weights_spec`` (this policy's tensor names,
+    dtypes and shapes) when given. While the learner is away, episodes wait in a bounded outbox.
     """
 
     def __init__(self, actor_id: int, run_dir: str | Path, cfg: TransportConfig,
-                 address: tuple[str, int] | None = None, log: Callable[[str], None] = print) -> None:
+                 address: tuple[str, int] | None = None, log: Callable[[str], None] = print,
+                 secret: bytes | None = None,
+                 weights_spec: Mapping[str, tuple[str, tuple[int, ...]]] | None = None) -> None:
         self.actor_id, self.run_dir, self.cfg, self.log = actor_id, Path(run_dir), cfg, log
-        self._address = address
+        self._address, self._secret, self.weights_spec = address, secret, weights_spec
+        weights_limit = sum(math.prod(shape) * np.dtype(dtype).itemsize
+                            for dtype, shape in weights_spec.values()) + (1 << 16) if weights_spec else 1 << 30
+        if cfg.max_message_mb > 0:
+            weights_limit = int(cfg.max_message_mb * 2**20)
+        self.limits = {"weights": weights_limit, "heartbeat": 0, "stop": 0, "refused": 0}
         self.outbox = BoundedQueue(cfg.queue_episodes)
         self._weights: tuple[int, Any] | None = None
         self._stats: dict[str, Any] = {}
@@ -274,6 +476,7 @@ class ActorClient:
         self.connected = False
         self.last_contact = time.monotonic()
         self.disconnects = 0
+        self._last_problem = ""
         self._thread = threading.Thread(target=self._run, name="vlarl-actor-link", daemon=True)
         self._thread.start()
 
@@ -296,74 +499,87 @@ class ActorClient:
         while len(self.outbox) and self.connected and time.monotonic() < deadline:
             time.sleep(0.05)
         self._closing.set()
-        self._thread.join(timeout=self.cfg.timeout_s)
+        self._thread.join(timeout=self.cfg.timeout_s + self.cfg.handshake_timeout_s)
 
     # --- thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._closing.is_set() and not self.stop_requested.is_set():
-            conn = self._connect()
-            if conn is None:
+            sock = self._connect()
+            if sock is None:
                 self._closing.wait(min(1.0, self.cfg.heartbeat_s))
                 continue
             self.connected = True
             self.last_contact = time.monotonic()
-            reason = self._talk(conn)
+            reason = self._talk(sock)
             self.connected = False
-            try:
-                conn.close()
-            except OSError:
-                pass
+            wire.close_quietly(sock)
             if not self._closing.is_set() and not self.stop_requested.is_set():
                 self.disconnects += 1
                 self.log(f"actor {self.actor_id}: learner unreachable ({reason}); still acting, "
                          f"buffering up to {self.cfg.queue_episodes} episodes, reconnecting")
 
-    def _connect(self) -> Connection | None:
+    def _problem(self, msg: str) -> None:
+        """Say what keeps the link down, once per distinct reason (it retries every second)."""
+        if msg != self._last_problem:
+            self._last_problem = msg
+            self.log(f"actor {self.actor_id}: {msg}")
+
+    def _connect(self) -> socket.socket | None:
         address = self._address or read_address(self.run_dir)
         if address is None:
             return None
-        host, port = address
+        host, port = _connect_host(address[0]), address[1]
         try:
-            sock_timeout = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(self.cfg.timeout_s)  # the handshake must not hang on a stalled learner
-            try:
-                conn = Client((_connect_host(host), port), authkey=AUTHKEY)
-            finally:
-                socket.setdefaulttimeout(sock_timeout)
-            send(conn, ("hello", {"actor": self.actor_id, "pid": os.getpid()}))
-            return conn
-        except (OSError, EOFError, ValueError):
+            secret = self._secret if self._secret is not None else actor_secret(self.run_dir)
+            sock = wire.connect((host, port), secret, self.cfg.handshake_timeout_s, self.cfg.tls)
+        except wire.AuthError as err:
+            self._problem(f"learner at {host}:{port} refused the handshake: {err}")
             return None
-        except Exception:  # noqa: BLE001 - e.g. AuthenticationError from something else on the port
+        except VlarlError as err:  # no secret yet (the learner is starting) or a TLS setting
+            self._problem(str(err))
             return None
+        except OSError:
+            return None
+        try:
+            sock.settimeout(self.cfg.timeout_s)
+            wire.send(sock, "hello", {"actor": self.actor_id, "pid": os.getpid()})
+        except OSError:
+            wire.close_quietly(sock)
+            return None
+        self._last_problem = ""
+        return sock
 
-    def _talk(self, conn: Connection) -> str:
+    def _talk(self, sock: socket.socket) -> str:
         next_stats = 0.0
         try:
             while not self._closing.is_set():
                 item = self.outbox.get()
                 if item is not None:
                     try:
-                        send(conn, ("episode", item))
-                    except (OSError, ValueError):
+                        wire.send(sock, "episode", {k: v for k, v in item.items() if k != "actor"})
+                    except OSError:
                         self.outbox.putleft(item)  # not lost: it goes again after reconnecting
                         raise
                 now = time.monotonic()
                 if now >= next_stats:
                     with self._lock:
                         stats = dict(self._stats)
-                    send(conn, ("stats", stats))  # also the heartbeat, so sent even when empty
+                    wire.send(sock, "stats", stats)  # also the heartbeat, so sent even when empty
                     next_stats = now + self.cfg.heartbeat_s
                 wait = 0.0 if len(self.outbox) else 0.05
-                while conn.poll(wait):
-                    kind, payload = recv(conn)
+                while wire.readable(sock, wait):
+                    msg = wire.recv(sock, self.limits, self.cfg.timeout_s)
                     self.last_contact = time.monotonic()
-                    if kind == "weights":
+                    if msg.kind == "weights":
+                        version, payload = _weights_message(msg.body)
                         with self._lock:
-                            self._weights = payload
-                    elif kind == "stop":
+                            self._weights = (version, _from_wire(payload, self.weights_spec))
+                    elif msg.kind == "stop":
                         self.stop_requested.set()
                         return "learner asked to stop"
+                    elif msg.kind == "refused":
+                        reason = msg.body.get("reason") if isinstance(msg.body, dict) else None
+                        return f"the learner refused this actor: {reason}"
                     wait = 0.0
                 silent = time.monotonic() - self.last_contact
                 if silent > self.cfg.timeout_s:
@@ -372,3 +588,8 @@ class ActorClient:
             return f"connection lost: {type(err).__name__}: {err}"
         return "closed"
 
+
+def _weights_message(body: Any) -> tuple[int, Any]:
+    if not isinstance(body, dict) or set(body) != {"version", "payload"} or not isinstance(body["version"], int):
+        raise WireError("weights message is not {version: int, payload}")
+    return body["version"], body["payload"]
