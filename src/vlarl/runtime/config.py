@@ -5,6 +5,28 @@
 Every key is checked against the dataclass: an unknown key is an error naming the file (or
 the override) and listing the valid keys, closest first; values are converted to the
 field's type or rejected.
+
+Ranges and choices live on the declaration, with ``ranged`` in place of a plain default::
+
+    from vlarl.runtime.config import check_ranges, ranged
+
+    @dataclass
+    class TrainConfig:
+        steps: int = ranged(30_000, ge=1)                   # bounds: ge, gt, le, lt
+        gamma: float = ranged(0.99, gt=0, le=1)             # (0, 1]
+        runtime: str = ranged("multiprocess", choices=("inprocess", "multiprocess", "ray"))
+        cameras: list[str] = ranged(default_factory=list, choices=("front", "wrist"))  # each entry
+        target_kl: float | None = ranged(0.05, gt=0)        # None passes when the type allows it
+        init_log_std: float = ranged(-1.6)                  # any number, deliberately (never NaN)
+
+``check_ranges(cfg)`` checks every declared field of ``cfg`` and of the configs nested in it
+and raises one ``ConfigError`` naming each bad key (dotted: ``sac.batch_size``), its value
+and what is allowed. ``load_config`` (and so ``Run.resume``) runs it on every config it
+builds; recipes run it on the config they are given before they create a run directory,
+so a config built in Python is checked too. ``range_of(cls, name)`` reads a declaration
+back (``None`` when the field declares none). Checks across fields (``subset <= ensemble``)
+stay in the code that needs them. The helpers live in ``vlarl.ranges`` (no torch import, so
+env and data modules use them from there) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,6 +41,10 @@ import yaml
 
 from vlarl.errors import ConfigError, unknown
 from vlarl.fileio import atomic_write_bytes
+from vlarl.ranges import Range, check_ranges, range_of, range_problems, ranged
+
+__all__ = ["Range", "check_ranges", "load_config", "range_of", "range_problems", "ranged", "save_config", "to_dict",
+           "valid_keys"]
 
 T = TypeVar("T")
 
@@ -144,7 +170,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if key not in valid_keys(cls) and not _inside_mapping_field(cls, key):
             raise ConfigError(unknown("key", key, valid_keys(cls), f"override {item!r}"))
         _merge(values, key, yaml.safe_load(raw) if raw else "")
-    return _build_nested(cls, values, str(path) if path else "config")
+    where = str(path) if path else "config"
+    cfg = _build_nested(cls, values, where)
+    problems = range_problems(cfg)
+    if problems:  # one message; a value given on the command line names its override
+        given = {item.split("=", 1)[0]: item for item in overrides}
+        raise ConfigError("; ".join((f"override {given[p.key]!r}: " if p.key in given else f"{where}: ") + p.message
+                                    for p in problems))
+    return cfg
 
 
 def _build_nested(cls: Any, values: dict[str, Any], where: str, prefix: str = "", base: Any = None) -> Any:
