@@ -212,12 +212,12 @@ class RobotServer:
 
     def _serve(self, sock: socket.socket, peer: str) -> None:
         while not self._closing.is_set():
-            if not wire.readable(sock, self.idle_timeout_s):
+            try:
+                msg = wire.recv(sock, REQUEST_LIMITS, self.request_timeout_s, wait_s=self.idle_timeout_s)
+                request = self._checked(msg)
+            except wire.Silent:
                 self.log(f"robot: client {peer} idle for {self.idle_timeout_s:.0f} s; dropped to free the robot")
                 return
-            try:
-                msg = wire.recv(sock, REQUEST_LIMITS, self.request_timeout_s)
-                request = self._checked(msg)
             except wire.PeerClosed:
                 self.log(f"robot: client {peer} gone")
                 return
@@ -354,12 +354,10 @@ class RemoteEnv(gym.Env):
             raise RobotDisconnected(f"robot at {self._where()}: not connected; reset() reconnects")
         try:
             wire.send(self._sock, kind, body)
-            if not wire.readable(self._sock, self.timeout_s):
-                raise TimeoutError(f"no answer within {self.timeout_s:.1f} s")
             msg = wire.recv(self._sock, self._limits, self.timeout_s)
         except (OSError, WireError) as err:
             self._drop()
-            reason = str(err) or type(err).__name__
+            reason = f"no answer within {self.timeout_s:.1f} s" if isinstance(err, wire.Silent) else str(err) or type(err).__name__
             raise RobotDisconnected(f"robot at {self._where()} stopped answering during {doing} ({reason}); "
                                     f"the episode in progress is lost, reset() reconnects") from None
         reply = msg.body if isinstance(msg.body, dict) else {}

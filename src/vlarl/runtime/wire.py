@@ -13,14 +13,14 @@ read before it succeeds::
 Both nonces are fresh, so a recorded handshake cannot be replayed, and the client learns that
 the server holds the secret too. Then each message is one frame::
 
-    u32 header length | header: UTF-8 JSON | array bytes, in header order, C order, little-endian
+    u32 header bytes | u64 array bytes | header: UTF-8 JSON | arrays, in header order, C order, little-endian
 
     header = {"v": 1, "kind": "...", "body": <JSON data>, "arrays": [[name, dtype, shape], ...]}
 
 ``body`` is the message's data as JSON; where it held an array, the body has
-``{"$array": name}`` and the bytes follow the header. The receiver checks the header's size,
-the kind against the kinds it accepts, and the arrays' total size against that kind's ceiling
-*before* allocating anything; what the body must contain is checked by the receiver's
+``{"$array": name}`` and the bytes follow the header. The receiver checks both sizes against
+its ceilings before allocating anything, then the kind against the kinds it accepts and the
+arrays' total against that kind's ceiling; what the body must contain is checked by the receiver's
 validators (``vlarl.runtime.transport``, ``vlarl.runtime.bridge``).
 
 Optional TLS (``server_tls``/``client_tls``) wraps the socket before the handshake, for
@@ -52,6 +52,7 @@ WIRE_VERSION = 1
 MAGIC = b"VLARL\x00W" + bytes([WIRE_VERSION])
 NONCE_BYTES = 32
 MAX_HEADER_BYTES = 1 << 20  # a header lists names and shapes, never the data itself
+PREFIX = struct.Struct("<IQ")  # header bytes, array bytes: both checked before anything is allocated
 DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64"})
 
 
@@ -67,6 +68,10 @@ class PeerClosed(WireError):
     """The peer closed the connection."""
 
 
+class Silent(WireError):
+    """Nothing arrived in time (no byte of a message)."""
+
+
 @dataclass
 class Message:
     kind: str
@@ -74,30 +79,38 @@ class Message:
 
 
 # --- encoding ---------------------------------------------------------------------------------
-def _pack(obj: Any, path: str, arrays: list[tuple[str, np.ndarray]]) -> Any:
+_NAME_OF = {np.dtype(n): n for n in DTYPES}  # dtype.name is slow to compute; a step sends several arrays
+_ITEMSIZE = {n: np.dtype(n).itemsize for n in DTYPES}
+_LITTLE = {n: np.dtype(n).newbyteorder("<") for n in DTYPES}
+_SCALARS = (type(None), bool, str, int, float)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+def _pack(obj: Any, path: str, arrays: list[tuple[str, str, np.ndarray]]) -> Any:
     """JSON data with every array replaced by a reference; anything else is refused by name."""
-    if obj is None or isinstance(obj, (bool, str)):
+    kind = type(obj)
+    if kind in _SCALARS:
         return obj
-    if isinstance(obj, (int, float)):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        arr = _as_array(obj, path)
-        name = path or "."
-        arrays.append((name, arr))
-        return {"$array": name}
-    if isinstance(obj, Mapping):
+    if kind is dict or isinstance(obj, Mapping):
         out = {}
         for key, value in obj.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise WireError(f"cannot send {path or 'the message'}: key {key!r} is not a string")
             if key == "$array":
                 raise WireError(f"cannot send {path or 'the message'}: the key '$array' is reserved")
             out[key] = _pack(value, f"{path}/{key}" if path else key, arrays)
         return out
+    if kind is np.ndarray or isinstance(obj, np.ndarray) or _is_tensor(obj):
+        name = path or "."
+        dtype, arr = _as_array(obj, name)
+        arrays.append((name, dtype, arr))
+        return {"$array": name}
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, (list, tuple)):
         return [_pack(v, f"{path}/{i}" if path else str(i), arrays) for i, v in enumerate(obj)]
+    if isinstance(obj, (bool, int, float, str)):  # subclasses (IntEnum, ...)
+        return obj
     raise WireError(f"cannot send {path or 'the message'}: {type(obj).__name__} is not data "
                     "(JSON values and arrays only)")
 
@@ -106,28 +119,33 @@ def _is_tensor(obj: Any) -> bool:
     return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
 
 
-def _as_array(obj: Any, path: str) -> np.ndarray:
+def _as_array(obj: Any, path: str) -> tuple[str, np.ndarray]:
+    """(dtype name, little-endian C-ordered array)."""
     if not isinstance(obj, np.ndarray):  # a torch tensor
         obj = obj.detach().cpu()
         if str(obj.dtype) == "torch.bfloat16":
             raise WireError(f"cannot send {path}: bfloat16 tensors must be sent as float32")
         obj = obj.numpy()
     arr = obj if obj.flags.c_contiguous else obj.copy(order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
-    if arr.dtype.name not in DTYPES:
-        raise WireError(f"cannot send {path}: dtype {arr.dtype} is not one of {sorted(DTYPES)}")
-    return arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    name = _NAME_OF.get(arr.dtype)
+    if name is None:  # big-endian, or not a dtype the format carries
+        name = _NAME_OF.get(arr.dtype.newbyteorder("="))
+        if name is None:
+            raise WireError(f"cannot send {path}: dtype {arr.dtype} is not one of {sorted(DTYPES)}")
+        arr = arr.astype(np.dtype(name).newbyteorder("<"))
+    return name, arr
 
 
 def encode(kind: str, body: Any = None) -> list[bytes | memoryview]:
     """The frame for one message, as buffers to send in order."""
-    arrays: list[tuple[str, np.ndarray]] = []
+    arrays: list[tuple[str, str, np.ndarray]] = []
     packed = _pack(body, "", arrays)
-    header = json.dumps({"v": WIRE_VERSION, "kind": kind, "body": packed,
-                         "arrays": [[n, a.dtype.name, list(a.shape)] for n, a in arrays]},
-                        separators=(",", ":")).encode()
+    header = _ENCODER.encode({"v": WIRE_VERSION, "kind": kind, "body": packed,
+                              "arrays": [[n, d, list(a.shape)] for n, d, a in arrays]}).encode()
     if len(header) > MAX_HEADER_BYTES:
         raise WireError(f"message {kind!r}: header of {len(header)} bytes is over {MAX_HEADER_BYTES}")
-    return [struct.pack("<I", len(header)) + header, *(a.reshape(-1).view(np.uint8).data for _, a in arrays if a.nbytes)]
+    data = sum(a.nbytes for _, _, a in arrays)
+    return [PREFIX.pack(len(header), data) + header, *(a.reshape(-1).view(np.uint8).data for _, _, a in arrays if a.size)]
 
 
 def send(sock: socket.socket, kind: str, body: Any = None) -> None:
@@ -150,6 +168,8 @@ def recv_exact(sock: socket.socket, n: int, deadline: float) -> bytearray:
     got = 0
     while got < n:
         if time.monotonic() > deadline:
+            if got == 0:
+                raise Silent(f"nothing arrived in time ({n} bytes expected)")
             raise WireError(f"timed out with {got} of {n} bytes read")
         try:
             k = sock.recv_into(view[got:], n - got)
@@ -169,15 +189,21 @@ def readable(sock: socket.socket, timeout: float) -> bool:
     return bool(ready)
 
 
-def recv(sock: socket.socket, limits: Mapping[str, int], timeout_s: float) -> Message:
-    """Read one message whose kind is a key of ``limits`` (value: its ceiling on array bytes);
-    the whole frame must arrive within ``timeout_s`` of its first byte."""
+def recv(sock: socket.socket, limits: Mapping[str, int], timeout_s: float, wait_s: float | None = None) -> Message:
+    """Read one message whose kind is a key of ``limits`` (value: its ceiling on array bytes).
+    It must start within ``wait_s`` (default ``timeout_s``; ``Silent`` otherwise) and the whole
+    frame arrive within ``timeout_s`` of its start."""
+    start = time.monotonic()
+    prefix = recv_exact(sock, PREFIX.size, start + (timeout_s if wait_s is None else wait_s))
     deadline = time.monotonic() + timeout_s
-    (size,) = struct.unpack("<I", recv_exact(sock, 4, deadline))
-    if size > MAX_HEADER_BYTES:
-        raise WireError(f"header of {size} bytes is over the ceiling of {MAX_HEADER_BYTES}")
+    header_size, data_size = PREFIX.unpack(prefix)
+    if header_size > MAX_HEADER_BYTES:
+        raise WireError(f"header of {header_size} bytes is over the ceiling of {MAX_HEADER_BYTES}")
+    if data_size > max(limits.values()):
+        raise WireError(f"message of {data_size} array bytes is over every ceiling here (at most {max(limits.values())})")
+    frame = recv_exact(sock, header_size + data_size, deadline)  # one read for header and arrays
     try:
-        header = json.loads(recv_exact(sock, size, deadline).decode())
+        header = json.loads(frame[:header_size].decode())
     except (UnicodeDecodeError, ValueError) as err:
         raise WireError(f"header is not JSON ({err})") from None
     if not isinstance(header, dict) or set(header) != {"v", "kind", "body", "arrays"}:
@@ -191,43 +217,47 @@ def recv(sock: socket.socket, limits: Mapping[str, int], timeout_s: float) -> Me
     total = sum(nbytes for _, _, _, nbytes in specs)
     if total > limits[kind]:
         raise WireError(f"message {kind!r} carries {total} bytes, over its ceiling of {limits[kind]}")
-    data = recv_exact(sock, total, deadline) if total else bytearray()
-    arrays, offset = {}, 0
+    if total != data_size:
+        raise WireError(f"message {kind!r} announced {data_size} array bytes but lists {total}")
+    arrays, offset = {}, header_size
     for name, dtype, shape, nbytes in specs:
-        arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=math.prod(shape),
+        arrays[name] = np.frombuffer(frame, dtype=_LITTLE[dtype], count=nbytes // _ITEMSIZE[dtype],
                                      offset=offset).reshape(shape)
         offset += nbytes
     return Message(kind, _unpack(header["body"], arrays))
 
 
 def _array_specs(raw: Any) -> list[tuple[str, str, tuple[int, ...], int]]:
-    if not isinstance(raw, list):
+    if type(raw) is not list:
         raise WireError("header 'arrays' is not a list")
     specs, names = [], set()
     for item in raw:
-        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str) or item[1] not in DTYPES
-                or not isinstance(item[2], list)
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in item[2])):
+        if (type(item) is not list or len(item) != 3 or type(item[0]) is not str or item[1] not in DTYPES
+                or type(item[2]) is not list or not all(type(d) is int and 0 <= d < 2**31 for d in item[2])):
             raise WireError(f"header array entry {str(item)[:80]!r} is not [name, dtype, shape]")
         if item[0] in names:
             raise WireError(f"header names array {item[0]!r} twice")
         names.add(item[0])
         shape = tuple(item[2])
-        specs.append((item[0], item[1], shape, math.prod(shape) * np.dtype(item[1]).itemsize))
+        specs.append((item[0], item[1], shape, math.prod(shape) * _ITEMSIZE[item[1]]))
     return specs
 
 
 def _unpack(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"$array"}:
+    kind = type(obj)
+    if kind is dict:
+        if "$array" in obj and len(obj) == 1:
             name = obj["$array"]
             if not isinstance(name, str) or name not in arrays:
                 raise WireError(f"body refers to array {name!r}, which the header does not list")
             return arrays[name]
-        return {k: _unpack(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unpack(v, arrays) for v in obj]
+        return {k: _unpack(v, arrays) if type(v) in _CONTAINERS else v for k, v in obj.items()}
+    if kind is list:
+        return [_unpack(v, arrays) if type(v) in _CONTAINERS else v for v in obj]
     return obj
+
+
+_CONTAINERS = (dict, list)
 
 
 # --- handshake --------------------------------------------------------------------------------
