@@ -39,8 +39,8 @@ def _check(secret: bytes, where: str) -> bytes:
 
 
 def read_secret_file(path: str | Path) -> bytes:
-    """The secret in ``path``; refused when other users can read the file."""
-    path = Path(path)
+    """The secret in ``path`` (``~`` expanded); refused when other users can read the file."""
+    path = Path(path).expanduser()
     try:
         mode = path.stat().st_mode
         data = path.read_bytes().strip()
@@ -54,7 +54,7 @@ def read_secret_file(path: str | Path) -> bytes:
 
 def write_secret_file(path: str | Path, secret: bytes | None = None) -> bytes:
     """Write ``secret`` (a fresh random one by default) to ``path``, mode 0600, atomically."""
-    path = Path(path)
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secret if secret is not None else secrets.token_hex(32).encode()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -99,7 +99,7 @@ def robot_server_secret(path: str | Path, rotate: bool = False) -> bytes:
     (created with a random secret when missing, or when ``rotate``)."""
     if os.environ.get(ROBOT_SECRET_ENV):
         return _check(os.environ[ROBOT_SECRET_ENV].encode(), f"${ROBOT_SECRET_ENV}")
-    path = Path(path)
+    path = Path(path).expanduser()
     if rotate or not path.exists():
         return write_secret_file(path)
     return read_secret_file(path)

@@ -43,6 +43,7 @@ import numpy as np
 
 from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
+from vlarl.ranges import ranged
 from vlarl.runtime import wire
 from vlarl.runtime.secret import actor_secret
 from vlarl.runtime.wire import TLSConfig, WireError
@@ -51,13 +52,14 @@ from vlarl.runtime.wire import TLSConfig, WireError
 @dataclass
 class TransportConfig:
     host: str = "127.0.0.1"  # "0.0.0.0" to accept actors from other machines (Ray)
-    port: int = 0  # 0: a free port, kept across learner restarts (see learner.json)
-    heartbeat_s: float = 1.0
-    timeout_s: float = 5.0  # a peer silent this long is reported and dropped
-    handshake_timeout_s: float = 5.0  # a connection that has not authenticated and said hello by then is dropped
-    queue_episodes: int = 64  # bounded queues (episodes) on both sides; overflow is dropped and counted
-    max_pending: int = 32  # unauthenticated connections held at once; the oldest goes for a new one
-    max_message_mb: float = 0.0  # ceiling on one message's arrays; 0: derived from the env's spec
+    port: int = ranged(0, ge=0, le=65535)  # 0: a free port, kept across learner restarts (see learner.json)
+    heartbeat_s: float = ranged(1.0, gt=0)
+    timeout_s: float = ranged(5.0, gt=0)  # a peer silent this long is reported and dropped
+    # a connection that has not authenticated and said hello by then is dropped
+    handshake_timeout_s: float = ranged(5.0, gt=0)
+    queue_episodes: int = ranged(64, ge=1)  # bounded queues (episodes) on both sides; overflow is dropped and counted
+    max_pending: int = ranged(32, ge=1)  # unauthenticated connections held at once; the oldest goes for a new one
+    max_message_mb: float = ranged(0.0, ge=0)  # ceiling on one message's arrays; 0: derived from the env's spec
     tls: TLSConfig = field(default_factory=TLSConfig)  # cert + key (learner), ca (actors): TLS on the link
 
 
