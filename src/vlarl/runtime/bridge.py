@@ -27,7 +27,6 @@ When the robot side dies or stops answering within ``timeout_s``, the call in fl
 
 from __future__ import annotations
 
-import collections
 import math
 import socket
 import threading
@@ -135,13 +134,11 @@ class RobotServer:
         except OSError as err:
             self.env.close()
             raise VlarlError(f"robot: cannot listen on {host}:{port}: {err}") from err
-        self.listener.settimeout(0.5)
         self.address = self.listener.getsockname()[:2]
         self._robot = threading.Lock()  # held by the one client driving the robot
         self.holder: str | None = None
         self._holder_sock: socket.socket | None = None
-        self._pending: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._acceptor = wire.Acceptor(self.listener, self._session, max_pending, self._evicted, "vlarl-robot-client")
         self._closing = threading.Event()
         self.sessions = 0  # clients that drove the robot and left
         self.refused = 0
@@ -150,26 +147,12 @@ class RobotServer:
         """Accept until ``close()`` (or ``max_clients`` sessions have ended); handshakes and
         sessions run on their own threads."""
         try:
-            while not self._closing.is_set() and (max_clients is None or self.sessions < max_clients):
-                try:
-                    sock, addr = self.listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    if self._closing.is_set():
-                        return
-                    time.sleep(0.01)  # e.g. out of file descriptors: the session in progress goes on
-                    continue
-                with self._lock:
-                    if len(self._pending) >= self.max_pending:
-                        _, oldest = self._pending.popitem(last=False)
-                        wire.close_quietly(oldest)
-                        self._refuse_log("too many connections still handshaking: dropped the oldest")
-                    self._pending[id(sock)] = sock
-                peer = f"{addr[0]}:{addr[1]}"
-                threading.Thread(target=self._session, args=(sock, peer), name="vlarl-robot-client", daemon=True).start()
+            self._acceptor.run(lambda: max_clients is None or self.sessions < max_clients)
         finally:
             self.close()
+
+    def _evicted(self) -> None:
+        self._refuse_log("too many connections still handshaking: dropped the oldest")
 
     def _refuse_log(self, msg: str) -> None:
         self.refused += 1
@@ -188,8 +171,7 @@ class RobotServer:
             wire.close_quietly(raw)
             return
         finally:
-            with self._lock:
-                self._pending.pop(id(raw), None)
+            self._acceptor.admitted(raw)
         if not self._robot.acquire(blocking=False):
             try:
                 wire.send(sock, "busy", {"holder": self.holder})
@@ -284,11 +266,8 @@ class RobotServer:
         if self._closing.is_set():
             return
         self._closing.set()
-        wire.close_quietly(self.listener)
-        with self._lock:
-            pending = list(self._pending.values())
-        for sock in [*pending, self._holder_sock]:
-            wire.close_quietly(sock)
+        self._acceptor.close()
+        wire.close_quietly(self._holder_sock)
         with self._robot:  # the session in progress ends before the env closes
             self.env.close()
 

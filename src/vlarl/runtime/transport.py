@@ -268,7 +268,6 @@ class LearnerServer:
         self._weights_cv = threading.Condition()
         self._closing = threading.Event()
         self._conns: dict[int, socket.socket] = {}
-        self._pending: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._stopping = False
         self._tls = wire.server_tls(cfg.tls)
@@ -286,11 +285,11 @@ class LearnerServer:
                 self._listener = socket.create_server((cfg.host, 0), backlog=128)
             else:
                 raise VlarlError(f"runtime.transport: cannot listen on {cfg.host}:{port}: {err}") from err
-        self._listener.settimeout(0.5)  # the accept loop notices close() within this
         self.host, self.port = cfg.host, self._listener.getsockname()[1]
         atomic_write_text(address_file(run_dir), json.dumps({"host": self.host, "port": self.port,
                                                              "pid": os.getpid()}))
-        threading.Thread(target=self._accept_loop, name="vlarl-accept", daemon=True).start()
+        self._acceptor = wire.Acceptor(self._listener, self._serve, cfg.max_pending, self._evicted, "vlarl-actor-conn")
+        threading.Thread(target=self._acceptor.run, name="vlarl-accept", daemon=True).start()
 
     @property
     def connected(self) -> list[int]:
@@ -313,35 +312,16 @@ class LearnerServer:
         self._closing.set()
         with self._weights_cv:
             self._weights_cv.notify_all()
-        wire.close_quietly(self._listener)
+        self._acceptor.close()
         with self._lock:
-            socks = [*self._conns.values(), *self._pending.values()]
+            socks = list(self._conns.values())
         for sock in socks:
             wire.close_quietly(sock)
 
     # --- threads --------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
-        """Only accepts: every handshake runs on the connection's own thread."""
-        while not self._closing.is_set():
-            try:
-                sock, addr = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._closing.is_set():
-                    return
-                time.sleep(0.01)  # e.g. out of file descriptors: keep serving the connected actors
-                continue
-            with self._lock:
-                if len(self._pending) >= self.cfg.max_pending:  # drop the oldest, not the newcomer
-                    _, oldest = self._pending.popitem(last=False)
-                    wire.close_quietly(oldest)
-                    self.refused += 1
-                    self.refusals(f"too many connections still handshaking (max_pending "
-                                  f"{self.cfg.max_pending}): dropped the oldest")
-                self._pending[id(sock)] = sock
-            threading.Thread(target=self._serve, args=(sock, _peer(addr)), name="vlarl-actor-conn",
-                             daemon=True).start()
+    def _evicted(self) -> None:
+        self.refused += 1
+        self.refusals(f"too many connections still handshaking (max_pending {self.cfg.max_pending}): dropped the oldest")
 
     def _refuse(self, sock: socket.socket, peer: str, why: str, tell: bool = False) -> None:
         self.refused += 1
@@ -384,8 +364,7 @@ class LearnerServer:
         try:
             admitted = self._admit(raw, peer)
         finally:
-            with self._lock:
-                self._pending.pop(id(raw), None)
+            self._acceptor.admitted(raw)
         if admitted is None:
             return
         sock, actor = admitted
@@ -442,10 +421,6 @@ class LearnerServer:
             except (OSError, WireError):
                 wire.close_quietly(sock)  # the reader sees it and reports
                 return
-
-
-def _peer(addr: Any) -> str:
-    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
 
 
 # --- actor side -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ but the messages themselves are neither private nor protected from an on-path at
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
@@ -39,8 +40,9 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,3 +398,54 @@ def close_quietly(sock: socket.socket | None) -> None:
         sock.close()
     except OSError:
         pass
+
+
+class Acceptor:
+    """The accept loop of both servers. It only accepts: each connection goes to
+    ``handle(sock, peer)`` on a thread of its own, which calls ``admitted(sock)`` once its
+    handshake is over. At most ``max_pending`` connections wait for that at once; the oldest
+    is closed for a newcomer (``on_evict`` is told), so idle sockets cannot lock a legitimate
+    peer out and a flood cannot exhaust the server."""
+
+    def __init__(self, listener: socket.socket, handle: Callable[[socket.socket, str], None], max_pending: int,
+                 on_evict: Callable[[], None], name: str) -> None:
+        self.listener, self.handle, self.max_pending, self.on_evict, self.name = (
+            listener, handle, max_pending, on_evict, name)
+        listener.settimeout(0.5)  # the loop notices close() within this
+        self.closing = threading.Event()
+        self._pending: collections.OrderedDict[int, socket.socket] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        while not self.closing.is_set() and keep_going():
+            try:
+                sock, addr = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.closing.is_set():
+                    return
+                time.sleep(0.01)  # e.g. out of file descriptors: the connected peers are served on
+                continue
+            with self._lock:
+                evicted = len(self._pending) >= self.max_pending
+                if evicted:
+                    close_quietly(self._pending.popitem(last=False)[1])
+                self._pending[id(sock)] = sock
+            if evicted:
+                self.on_evict()
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+            threading.Thread(target=self.handle, args=(sock, peer), name=self.name, daemon=True).start()
+
+    def admitted(self, sock: socket.socket) -> None:
+        """``sock``'s handshake is over (passed or not): it no longer counts as pending."""
+        with self._lock:
+            self._pending.pop(id(sock), None)
+
+    def close(self) -> None:
+        self.closing.set()
+        close_quietly(self.listener)
+        with self._lock:
+            pending = list(self._pending.values())
+        for sock in pending:
+            close_quietly(sock)
