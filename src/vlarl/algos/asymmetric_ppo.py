@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from vlarl.algos.ppo import PPOConfig, gae, ppo_update
+from vlarl.ranges import ranged
 
 
 def _ppo_defaults() -> PPOConfig:
@@ -28,12 +29,12 @@ def _ppo_defaults() -> PPOConfig:
 
 @dataclass
 class OnPolicyConfig:
-    steps: int = 200_000  # env steps
-    envs: int = 16
-    rollout: int = 128  # steps per env per update
-    hidden: int = 128
+    steps: int = ranged(200_000, ge=1)  # env steps
+    envs: int = ranged(16, ge=1)
+    rollout: int = ranged(128, ge=1)  # steps per env per update
+    hidden: int = ranged(128, ge=1)
     ppo: PPOConfig = field(default_factory=_ppo_defaults)
-    save_every: int = 20  # updates between checkpoints
+    save_every: int = ranged(20, ge=1)  # updates between checkpoints
 
 
 class RunningNorm(nn.Module):

@@ -27,15 +27,16 @@ from typing import Any
 import torch
 
 from vlarl.algos.sac import bootstrap, next_features, target_subset
+from vlarl.ranges import ranged
 
 
 @dataclass
 class CalQLConfig:
-    alpha: float = 0.1  # weight of the regulariser (ConRFT's release)
-    n_actions: int = 10  # N random, N policy-at-s, N policy-at-s' actions (paper: 10 + 10)
-    temperature: float = 1.0
-    clip_diff_min: float = -math.inf
-    clip_diff_max: float = math.inf
+    alpha: float = ranged(0.1, ge=0)  # weight of the regulariser (ConRFT's release)
+    n_actions: int = ranged(10, ge=1)  # N random, N policy-at-s, N policy-at-s' actions (paper: 10 + 10)
+    temperature: float = ranged(1.0, gt=0)
+    clip_diff_min: float = ranged(-math.inf)
+    clip_diff_max: float = ranged(math.inf)
     floor: bool = True  # the Cal-QL floor; False is plain CQL(H)
 
 

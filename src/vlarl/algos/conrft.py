@@ -26,6 +26,7 @@ from vlarl.algos.calql import CalQLConfig, calql_critic_loss
 from vlarl.algos.consistency import ConsistencyConfig, ConsistencyHead, consistency_bc_loss
 from vlarl.algos.sac import Critic, SACConfig, frozen, soft_update
 from vlarl.errors import VlarlError
+from vlarl.ranges import ranged
 
 SCHEDULES = ("linear", "exponential", "constant")
 
@@ -34,12 +35,12 @@ SCHEDULES = ("linear", "exponential", "constant")
 class BetaSchedule:
     """beta over the online stage: ``start`` at its first env step to ``end`` after ``steps``."""
 
-    start: float = 0.5
+    start: float = ranged(0.5, ge=0)
     # 0.05 (ConRFT's release floor) let the Q term take the toy reach policy from 1.00 to 0.15
     # success within 2k steps of reaching it; 0.2 held 1.00 (same seed and budget)
-    end: float = 0.2
-    steps: int = 20_000
-    kind: str = "linear"  # linear | exponential | constant
+    end: float = ranged(0.2, ge=0)
+    steps: int = ranged(20_000, ge=0)  # 0: ``start`` throughout
+    kind: str = ranged("linear", choices=SCHEDULES)  # linear | exponential | constant
 
     def __call__(self, step: int) -> float:
         if self.kind not in SCHEDULES:
@@ -56,9 +57,9 @@ class BetaSchedule:
 
 @dataclass
 class ConRFTConfig:
-    eta_offline: float = 0.1  # weight of -Q in the actor loss (paper: offline 0.1, online 1)
-    beta_offline: float = 1.0  # weight of the consistency BC loss offline
-    eta_online: float = 1.0
+    eta_offline: float = ranged(0.1, ge=0)  # weight of -Q in the actor loss (paper: offline 0.1, online 1)
+    beta_offline: float = ranged(1.0, ge=0)  # weight of the consistency BC loss offline
+    eta_online: float = ranged(1.0, ge=0)
     beta_schedule: BetaSchedule = field(default_factory=BetaSchedule)
     calql: CalQLConfig = field(default_factory=CalQLConfig)
     calql_online: bool = False
@@ -70,7 +71,7 @@ class ConRFTConfig:
     # Adam's second moments small, so the first online (Q-dominated) gradients take oversized steps
     reset_actor_optimizer: bool = False
     policy: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-    actor_lr: float = 3e-4
+    actor_lr: float = ranged(3e-4, gt=0)
 
 
 class ConRFTAgent(nn.Module):

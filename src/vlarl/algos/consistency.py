@@ -36,20 +36,21 @@ import torch
 from torch import nn
 
 from vlarl.models.heads import mlp
+from vlarl.ranges import ranged
 
 
 @dataclass
 class ConsistencyConfig:
-    sigma_data: float = 0.5
-    sigma_min: float = 0.002  # eps: the boundary, f(x, eps) = x
-    sigma_max: float = 80.0  # K: the noise level a sample starts from
-    rho: float = 7.0
-    scales: int = 40  # M: discretisation steps of the schedule
-    time_dim: int = 16  # sinusoidal features of the noise level
-    hidden: int = 256
-    layers: int = 2
+    sigma_data: float = ranged(0.5, gt=0)
+    sigma_min: float = ranged(0.002, gt=0)  # eps: the boundary, f(x, eps) = x
+    sigma_max: float = ranged(80.0, gt=0)  # K: the noise level a sample starts from
+    rho: float = ranged(7.0, gt=0)
+    scales: int = ranged(40, ge=2)  # M: discretisation steps of the schedule
+    time_dim: int = ranged(16, ge=2)  # sinusoidal features of the noise level (sin and cos: even)
+    hidden: int = ranged(256, ge=1)
+    layers: int = ranged(2, ge=1)
     clip: bool = True  # clamp actions to [-1, 1]
-    sample_mse_weight: float = 1.0  # weight of the one-step action's squared error in the BC loss
+    sample_mse_weight: float = ranged(1.0, ge=0)  # weight of the one-step action's squared error in the BC loss
 
 
 def karras_sigmas(cfg: ConsistencyConfig) -> torch.Tensor:

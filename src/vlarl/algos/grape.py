@@ -23,31 +23,33 @@ import torch
 import torch.nn.functional as F
 
 from vlarl.errors import VlarlError
+from vlarl.ranges import ranged
 
 # log π of a trajectory's steps [start, stop): (trajectory index, start, stop) -> (stop - start,)
 StepLogProb = Callable[[int, int, int], torch.Tensor]
+REFERENCES = ("iteration", "sft")  # what TPO's log-ratios are taken against
 
 
 @dataclass
 class GCPGWeights:
-    self_weight: float = 0.01  # λ1: the policy's own log-likelihood
-    ext_weight: float = 1.0  # λ2: the stage costs' R_ext
-    success_weight: float = 5.0  # λ3: task success
+    self_weight: float = ranged(0.01, ge=0)  # λ1: the policy's own log-likelihood
+    ext_weight: float = ranged(1.0, ge=0)  # λ2: the stage costs' R_ext
+    success_weight: float = ranged(5.0, ge=0)  # λ3: task success
 
 
 @dataclass
 class TPOConfig:
-    beta: float = 0.1
-    lr: float = 1e-5  # a trajectory's log π sums hundreds of tokens: larger steps move it by hundreds of nats
-    epochs: int = 10  # passes over the iteration's pairs
-    batch_pairs: int = 8
-    window: int = 64  # steps per forward/backward window
-    reference: str = "iteration"  # "iteration": the policy that sampled the pairs; "sft": the start policy
+    beta: float = ranged(0.1, gt=0)
+    lr: float = ranged(1e-5, gt=0)  # a trajectory's log π sums hundreds of tokens: larger steps move it by hundreds of nats
+    epochs: int = ranged(10, ge=1)  # passes over the iteration's pairs
+    batch_pairs: int = ranged(8, ge=1)
+    window: int = ranged(64, ge=1)  # steps per forward/backward window
+    reference: str = ranged("iteration", choices=REFERENCES)  # "iteration": the sampling policy; "sft": the start policy
     # NLL of the winners per step beside TPO (0: the paper's pure loss). Pure TPO lowered the
     # winners' log-likelihood too (by 1.6 nats a step in 10 epochs on Meta-World), the known
     # failure of DPO-style losses; the NLL term keeps the winners' rising.
-    sft_weight: float = 1.0
-    grad_clip: float = 1.0
+    sft_weight: float = ranged(1.0, ge=0)
+    grad_clip: float = ranged(1.0, gt=0)
 
 
 def gcpg_score(log_likelihood: float, r_ext: float, success: bool, w: GCPGWeights) -> float:

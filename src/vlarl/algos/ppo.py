@@ -31,22 +31,23 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from vlarl.errors import VlarlError
+from vlarl.ranges import ranged
 
 
 @dataclass
 class PPOConfig:
-    lr: float = 1e-4
-    epochs: int = 4
-    minibatch_size: int = 256
-    clip: float = 0.2
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    max_grad_norm: float = 0.5
+    lr: float = ranged(1e-4, gt=0)
+    epochs: int = ranged(4, ge=1)
+    minibatch_size: int = ranged(256, ge=1)
+    clip: float = ranged(0.2, gt=0)
+    gamma: float = ranged(0.99, gt=0, le=1)
+    gae_lambda: float = ranged(0.95, ge=0, le=1)
+    vf_coef: float = ranged(0.5, ge=0)
+    ent_coef: float = ranged(0.0, ge=0)
+    max_grad_norm: float = ranged(0.5, gt=0)
     normalize_advantages: bool = True
-    target_kl: float | None = 0.05  # stop the epochs early once the policy moved this far
-    init_log_std: float = -1.6  # Gaussian exploration around a deterministic head (std ~0.2)
+    target_kl: float | None = ranged(0.05, gt=0)  # stop the epochs early once the policy moved this far
+    init_log_std: float = ranged(-1.6)  # Gaussian exploration around a deterministic head (std ~0.2)
 
 
 # --- returns ------------------------------------------------------------------------------

@@ -39,41 +39,45 @@ from vlarl.data.augment import random_shift
 from vlarl.errors import VlarlError
 from vlarl.models.encoders import make_encoder
 from vlarl.models.heads import CriticHead, TanhGaussianHead, mlp
+from vlarl.models.policy import ENCODERS
+from vlarl.ranges import ranged
 
-
-@dataclass
-class SACConfig:
-    ensemble: int = 10  # E critics
-    subset: int = 2  # Z: the target is the min over Z distinct critics
-    utd: int = 20  # G: critic updates per env step
-    batch_size: int = 256
-    offline_ratio: float = 0.5  # share of each minibatch drawn from the offline data
-    gamma: float = 0.99
-    # Q grows at most about lr x (hidden units) per step through a LayerNorm critic, so large
-    # dense rewards (Meta-World: up to 10 per step) learn slowly unless scaled down.
-    reward_scale: float = 1.0
-    tau: float = 0.005
-    lr: float = 3e-4
-    hidden: int = 256
-    layers: int = 2
-    actor_layer_norm: bool = False  # LayerNorm in the actor's hidden layers (SERL / HIL-SERL's policy has it)
-    init_temperature: float = 1.0
-    target_entropy: float | None = None  # None: -|A| / 2
-    backup_entropy: bool = True
-    encoder: str = "conv"  # for pixel observations: "conv" or "efficientnet-lite0"
-    feature_dim: int = 50  # pixel features after the encoder's projection
-    augment: bool = True  # random shift of pixel observations
-    compile: bool = False  # torch.compile the critic loss (fused kernels; on CPU it needs a C++ compiler)
-    critic_dtype: str = "float32"  # "bfloat16": critics' hidden products and pixel convolutions in bfloat16
-    gripper_critic: bool = False  # last action dim: a DQN over {-1, 0, +1} instead of the actor
-    gripper_epsilon: float = 0.0  # random gripper command while exploring (not when deterministic)
-
-
-GRIPPER_COMMANDS = (-1.0, 0.0, 1.0)  # open, stay, close
 # bfloat16 runs the critics' hidden x hidden products (and a pixel encoder's convolutions) at
 # twice the fp32 rate or more on CPUs with AVX512-BF16/AMX and on GPUs; weights, accumulation,
 # LayerNorm and the Q outputs stay fp32.
 CRITIC_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class SACConfig:
+    ensemble: int = ranged(10, ge=1)  # E critics
+    subset: int = ranged(2, ge=1)  # Z: the target is the min over Z distinct critics
+    utd: int = ranged(20, ge=1)  # G: critic updates per env step
+    batch_size: int = ranged(256, ge=1)
+    offline_ratio: float = ranged(0.5, ge=0, le=1)  # share of each minibatch drawn from the offline data
+    gamma: float = ranged(0.99, gt=0, le=1)
+    # Q grows at most about lr x (hidden units) per step through a LayerNorm critic, so large
+    # dense rewards (Meta-World: up to 10 per step) learn slowly unless scaled down.
+    reward_scale: float = ranged(1.0, gt=0)
+    tau: float = ranged(0.005, gt=0, le=1)
+    lr: float = ranged(3e-4, gt=0)
+    hidden: int = ranged(256, ge=1)
+    layers: int = ranged(2, ge=1)
+    actor_layer_norm: bool = False  # LayerNorm in the actor's hidden layers (SERL / HIL-SERL's policy has it)
+    init_temperature: float = ranged(1.0, gt=0)
+    target_entropy: float | None = ranged(None)  # None: -|A| / 2
+    backup_entropy: bool = True
+    encoder: str = ranged("conv", choices=ENCODERS)  # for pixel observations: "conv" or "efficientnet-lite0"
+    feature_dim: int = ranged(50, ge=1)  # pixel features after the encoder's projection
+    augment: bool = True  # random shift of pixel observations
+    compile: bool = False  # torch.compile the critic loss (fused kernels; on CPU it needs a C++ compiler)
+    # "bfloat16": critics' hidden products and pixel convolutions in bfloat16
+    critic_dtype: str = ranged("float32", choices=tuple(CRITIC_DTYPES))
+    gripper_critic: bool = False  # last action dim: a DQN over {-1, 0, +1} instead of the actor
+    gripper_epsilon: float = ranged(0.0, ge=0, le=1)  # random gripper command while exploring (not when deterministic)
+
+
+GRIPPER_COMMANDS = (-1.0, 0.0, 1.0)  # open, stay, close
 
 
 def gripper_index(command: torch.Tensor) -> torch.Tensor:

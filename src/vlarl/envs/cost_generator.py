@@ -31,6 +31,7 @@ import numpy as np
 
 from vlarl.envs.stage_costs import Keypoints, Stage, TaskCosts, hand_written_costs
 from vlarl.errors import VlarlError, unknown
+from vlarl.ranges import ranged
 
 KINDS = ("hand-written", "openai")
 MAX_CODE_CHARS = 20_000
@@ -38,11 +39,11 @@ MAX_CODE_CHARS = 20_000
 
 @dataclass
 class CostGeneratorConfig:
-    kind: str = "hand-written"
+    kind: str = ranged("hand-written", choices=KINDS)
     base_url: str = "http://localhost:8000/v1"  # any OpenAI-compatible server
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"  # read from the environment, never stored in a config
-    timeout_s: float = 60.0
+    timeout_s: float = ranged(60.0, gt=0)
 
 
 # --- the helpers generated code may call --------------------------------------------------

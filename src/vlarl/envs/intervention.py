@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlarl.errors import VlarlError
+from vlarl.ranges import check_ranges, ranged
 
 
 class InterventionDevice(Protocol):
@@ -34,17 +35,13 @@ class InterventionDevice(Protocol):
 
 @dataclass
 class SimulatedHumanConfig:
-    min_cosine: float = 0.0  # off track: cos(policy action, expert action) below this ...
-    patience: int = 3  # ... for this many steps in a row
-    takeover_steps: int = 8  # then the expert drives for this many steps
-    budget: int = 60  # intervened steps allowed per episode at the start of training
-    min_budget: int = 0  # ... falling linearly to this
-    decay_steps: int = 15_000  # ... over this many env steps of training
-    noise: float = 0.05  # std of the human's hand tremor added to the expert action
-
-    def __post_init__(self) -> None:
-        if self.patience < 1 or self.takeover_steps < 1 or self.budget < 0 or self.decay_steps < 1:
-            raise VlarlError("sim_human: patience, takeover_steps and decay_steps must be >= 1 and budget >= 0")
+    min_cosine: float = ranged(0.0, ge=-1, le=1)  # off track: cos(policy action, expert action) below this ...
+    patience: int = ranged(3, ge=1)  # ... for this many steps in a row
+    takeover_steps: int = ranged(8, ge=1)  # then the expert drives for this many steps
+    budget: int = ranged(60, ge=0)  # intervened steps allowed per episode at the start of training
+    min_budget: int = ranged(0, ge=0)  # ... falling linearly to this
+    decay_steps: int = ranged(15_000, ge=1)  # ... over this many env steps of training
+    noise: float = ranged(0.05, ge=0)  # std of the human's hand tremor added to the expert action
 
 
 class SimulatedHuman:
@@ -52,7 +49,7 @@ class SimulatedHuman:
 
     def __init__(self, expert: Callable[[], np.ndarray], cfg: SimulatedHumanConfig | None = None,
                  seed: int = 0) -> None:
-        self.expert, self.cfg = expert, cfg or SimulatedHumanConfig()
+        self.expert, self.cfg = expert, check_ranges(cfg or SimulatedHumanConfig(), "sim_human")
         self.rng = np.random.default_rng(seed)
         self.progress = 0  # env steps of training so far (the learner sends it with weights)
         self.reset()

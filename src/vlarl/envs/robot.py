@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlarl.errors import VlarlError
+from vlarl.ranges import check_ranges, ranged
 
 
 @runtime_checkable
@@ -49,9 +50,9 @@ class RobotEnv(Protocol):
 class SafetyConfig:
     low: list[float] = field(default_factory=lambda: [0.2, -0.3, 0.0])  # workspace box, metres (world frame)
     high: list[float] = field(default_factory=lambda: [0.7, 0.3, 0.5])
-    max_speed: float = 0.5  # m/s of the end effector
-    ee_step: float = 0.025  # metres per unit of the (dx, dy, dz) action
-    control_dt: float = 0.1  # seconds per step
+    max_speed: float = ranged(0.5, gt=0)  # m/s of the end effector
+    ee_step: float = ranged(0.025, gt=0)  # metres per unit of the (dx, dy, dz) action
+    control_dt: float = ranged(0.1, gt=0)  # seconds per step
 
 
 class SafetyBox(gym.Wrapper):
@@ -64,8 +65,7 @@ class SafetyBox(gym.Wrapper):
         self.low, self.high = np.asarray(cfg.low, float), np.asarray(cfg.high, float)
         if self.low.shape != (3,) or self.high.shape != (3,) or np.any(self.low >= self.high):
             raise VlarlError(f"safety: low {cfg.low} and high {cfg.high} must be xyz with low < high")
-        if cfg.max_speed <= 0 or cfg.ee_step <= 0 or cfg.control_dt <= 0:
-            raise VlarlError(f"safety: max_speed, ee_step and control_dt must be > 0, got {cfg}")
+        check_ranges(cfg, "safety")
         if not hasattr(env.unwrapped, "ee_pose"):
             raise VlarlError(f"{type(env.unwrapped).__name__} has no ee_pose(); a safety box needs the end effector")
         self._robot: Any = env.unwrapped  # a sim env or a RobotEnv: anything with ee_pose()

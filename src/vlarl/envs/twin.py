@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlarl.errors import VlarlError
+from vlarl.ranges import check_ranges, ranged
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,13 @@ class TwinConfig:
     Gaussian noise added to the action (then clipped to [-1, 1]), drawn from ``seed``.
     """
 
-    mass: float = 1.0
-    friction: float = 1.0
-    damping: float = 1.0
-    actuator_gain: float = 1.0
-    action_delay: int = 0
-    action_noise: float = 0.0
-    seed: int = 0
+    mass: float = ranged(1.0, gt=0)
+    friction: float = ranged(1.0, ge=0)
+    damping: float = ranged(1.0, ge=0)
+    actuator_gain: float = ranged(1.0, gt=0)
+    action_delay: int = ranged(0, ge=0)
+    action_noise: float = ranged(0.0, ge=0)
+    seed: int = ranged(0, ge=0)
 
     @classmethod
     def random(cls, seed: int, strength: float = 0.2, max_delay: int = 2, action_noise: float = 0.0) -> TwinConfig:
@@ -47,7 +48,7 @@ class TwinConfig:
         bad = sorted(set(d) - valid)
         if bad:
             raise VlarlError(f"twin: unknown key(s) {bad}; valid: {sorted(valid)}")
-        return cls(**d)
+        return check_ranges(cls(**d), "config", "twin.")
 
 
 def perturb_model(model, twin: TwinConfig) -> None:
@@ -69,8 +70,7 @@ class PhysicsTwin(gym.Wrapper):
         model = getattr(env.unwrapped, "mj_model", None)
         if model is None:
             raise VlarlError(f"{type(env.unwrapped).__name__} has no MuJoCo model; physics twins need one")
-        if twin.action_delay < 0 or twin.action_noise < 0:
-            raise VlarlError(f"twin: action_delay and action_noise must be >= 0, got {twin}")
+        check_ranges(twin, "config", "twin.")
         perturb_model(model, twin)
         self.twin = twin
         self._noise_rng = np.random.default_rng(twin.seed)

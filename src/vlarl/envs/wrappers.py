@@ -13,6 +13,7 @@ import numpy as np
 from vlarl.envs.base import vlarl_env
 from vlarl.envs.spaces import env_dims
 from vlarl.errors import VlarlError
+from vlarl.ranges import ranged
 
 
 class RelativeFrame(gym.Wrapper):
@@ -100,9 +101,9 @@ class ClassifierReward(gym.Wrapper):
 class RewardShapingConfig:
     """ConRFT's shaped reward (see ``ShapedReward``)."""
 
-    success: float = 10.0
-    step: float = -0.05
-    gripper_toggle: float = -0.2
+    success: float = ranged(10.0)  # rewards: any number (a penalty is negative)
+    step: float = ranged(-0.05)
+    gripper_toggle: float = ranged(-0.2)
 
 
 class ShapedReward(gym.Wrapper):

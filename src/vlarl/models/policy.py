@@ -23,20 +23,23 @@ from vlarl.models.heads import ACTION_HEADS
 from vlarl.models.language import EMBED_DIM
 from vlarl.models.lora import add_lora, is_lora_param
 from vlarl.models.trunk import FusionTrunk
+from vlarl.ranges import ranged
+
+ENCODERS = ("efficientnet-lite0", "conv")  # what models.encoders.make_encoder builds
 
 
 @dataclass
 class PolicyConfig:
-    encoder: str = "efficientnet-lite0"  # or "conv" (trainable, from scratch)
+    encoder: str = ranged("efficientnet-lite0", choices=ENCODERS)  # or "conv" (trainable, from scratch)
     freeze_encoder: bool = True
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-    learned_tokens: int = 8
-    head: str = "deterministic"  # "gaussian", "tokens"
-    chunk: int = 1
-    bins: int = 256
-    lora_rank: int = 0
+    dim: int = ranged(128, ge=1)
+    layers: int = ranged(2, ge=1)
+    heads: int = ranged(4, ge=1)
+    learned_tokens: int = ranged(8, ge=1)
+    head: str = ranged("deterministic", choices=tuple(ACTION_HEADS))  # "gaussian", "tokens"
+    chunk: int = ranged(1, ge=1)
+    bins: int = ranged(256, ge=2)
+    lora_rank: int = ranged(0, ge=0)
 
 
 class VLAPolicy(nn.Module):

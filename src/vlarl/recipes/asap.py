@@ -36,6 +36,7 @@ from tqdm import tqdm
 from vlarl.algos.asap import (
     DELTA_OBS_DIM,
     DELTA_PRIVILEGED_DIM,
+    SYSID_PARAMS,
     OpenLoopReplay,
     Recordings,
     ResidualDynamics,
@@ -52,9 +53,10 @@ from vlarl.algos.asymmetric_ppo import AsymmetricActorCritic, OnPolicyConfig, tr
 from vlarl.algos.ppo import PPOConfig
 from vlarl.envs.arm import CONTROL_DT, PRIVILEGED_DIM, _fk
 from vlarl.envs.twin import TwinConfig
-from vlarl.errors import VlarlError, unknown
+from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
 from vlarl.runtime import Run, load_checkpoint, seed_everything
+from vlarl.runtime.config import check_ranges, ranged
 
 STAGES = ("pretrain", "collect", "delta", "sysid", "dynamics", "finetune", "evaluate")
 VARIANTS = ("vanilla", "sysid", "delta_dynamics", "asap")
@@ -78,26 +80,27 @@ def _delta_defaults() -> OnPolicyConfig:
 @dataclass
 class DeltaConfig:
     train: OnPolicyConfig = field(default_factory=_delta_defaults)
-    horizon: int = 20  # replayed steps per window
-    action_penalty: float = 0.1  # w in reward = tracking - w |delta|
-    sigma_q: float = 0.01  # rad^2
-    sigma_qd: float = 1.0  # (rad/s)^2
-    init_log_std: float = -2.0
+    horizon: int = ranged(20, ge=1)  # replayed steps per window
+    action_penalty: float = ranged(0.1, ge=0)  # w in reward = tracking - w |delta|
+    sigma_q: float = ranged(0.01, gt=0)  # rad^2
+    sigma_qd: float = ranged(1.0, gt=0)  # (rad/s)^2
+    init_log_std: float = ranged(-2.0)
 
 
 @dataclass
 class SysIDConfig:
-    params: list[str] = field(default_factory=lambda: ["mass", "friction", "damping", "actuator_gain"])
-    iterations: int = 6
-    population: int = 20
-    elite: int = 5
+    params: list[str] = ranged(  # noqa: RUF009 -- ranged makes a field
+        default_factory=lambda: ["mass", "friction", "damping", "actuator_gain"], choices=SYSID_PARAMS)
+    iterations: int = ranged(6, ge=1)
+    population: int = ranged(20, ge=1)
+    elite: int = ranged(5, ge=1)  # at most population
 
 
 @dataclass
 class DynamicsConfig:
-    steps: int = 3000
-    hidden: int = 128
-    lr: float = 1e-3
+    steps: int = ranged(3000, ge=1)
+    hidden: int = ranged(128, ge=1)
+    lr: float = ranged(1e-3, gt=0)
 
 
 def _default_twin() -> dict[str, Any]:
@@ -109,31 +112,30 @@ class ASAPConfig:
     env: dict[str, Any] = field(default_factory=dict)  # arm/track options (motion_seed, episode_length, ...)
     twin: dict[str, Any] = field(default_factory=_default_twin)  # the "real robot": collect and evaluate only
     pretrain: OnPolicyConfig = field(default_factory=_pretrain_defaults)
-    init_log_std: float = -1.0
-    collect_episodes: int = 24
-    holdout_episodes: int = 4  # of those, kept out of every fit, for the open-loop replay errors
+    init_log_std: float = ranged(-1.0)
+    collect_episodes: int = ranged(24, ge=2)
+    holdout_episodes: int = ranged(4, ge=1)  # of those, kept out of every fit, for the open-loop replay errors
     # Gaussian noise on the real rollouts' actions: the models fitted to them must cover the
     # actions a policy tries while it is fine-tuned (finetune_log_std)
-    collect_noise: float = 0.1
+    collect_noise: float = ranged(0.1, ge=0)
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     sysid: SysIDConfig = field(default_factory=SysIDConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     finetune: OnPolicyConfig = field(default_factory=_finetune_defaults)
-    finetune_log_std: float = -3.0  # exploration (std 0.05) while fine-tuning a tracking policy
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    eval_episodes: int = 10
-    torch_threads: int = 1  # these small networks run fastest on one thread; more contend with the envs
-    stage: str = "all"
-    seed: int = 0
+    finetune_log_std: float = ranged(-3.0)  # exploration (std 0.05) while fine-tuning a tracking policy
+    variants: list[str] = ranged(  # noqa: RUF009 -- ranged makes a field
+        default_factory=lambda: list(VARIANTS), choices=VARIANTS)
+    eval_episodes: int = ranged(10, ge=1)
+    torch_threads: int = ranged(1, ge=1)  # these small networks run fastest on one thread; more contend with the envs
+    stage: str = ranged("all", choices=("all", *STAGES))
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/asap"
 
 
 def _check(cfg: ASAPConfig) -> None:
-    if cfg.stage != "all" and cfg.stage not in STAGES:
-        raise VlarlError(unknown("stage", cfg.stage, ("all", *STAGES)))
-    for v in cfg.variants:
-        if v not in VARIANTS:
-            raise VlarlError(unknown("variants entry", v, VARIANTS))
+    check_ranges(cfg, "asap")
+    if cfg.sysid.elite > cfg.sysid.population:
+        raise VlarlError(f"sysid.elite ({cfg.sysid.elite}) must be at most sysid.population ({cfg.sysid.population})")
     if not 0 < cfg.holdout_episodes < cfg.collect_episodes:
         raise VlarlError(f"holdout_episodes must be in [1, collect_episodes - 1], got {cfg.holdout_episodes} "
                          f"of {cfg.collect_episodes}")

@@ -17,7 +17,11 @@ from typing import Any
 from tqdm import tqdm
 
 from vlarl.data import EpisodeWriter
-from vlarl.errors import VlarlError
+from vlarl.data.episodes import SOURCES
+from vlarl.envs.spaces import OBS_MODES
+from vlarl.ranges import check_ranges, ranged
+
+POLICIES = ("scripted", "random")
 
 
 @dataclass
@@ -25,10 +29,10 @@ class EnvConfig:
     """An env by name and its options; ``None`` keeps the env's own default."""
 
     name: str = "metaworld/drawer-open"
-    obs_mode: str = "pixels"
-    image_size: int | None = None
+    obs_mode: str = ranged("pixels", choices=OBS_MODES)
+    image_size: int | None = ranged(None, ge=1)
     cameras: list[str] | None = None
-    episode_length: int | None = None
+    episode_length: int | None = ranged(None, ge=1)
     options: dict[str, Any] = field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
@@ -40,21 +44,18 @@ class EnvConfig:
 @dataclass
 class CollectConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
-    policy: str = "scripted"  # or "random" (uniform actions)
-    episodes: int = 10
-    noise: float = 0.0
-    workers: int = 1
-    seed: int = 0
+    policy: str = ranged("scripted", choices=POLICIES)  # or "random" (uniform actions)
+    episodes: int = ranged(10, ge=1)  # in the dataset once done (those already there count)
+    noise: float = ranged(0.0, ge=0)
+    workers: int = ranged(1, ge=1)
+    seed: int = ranged(0, ge=0)
     out: str = "data/demos"
-    source: str = "expert"
+    source: str = ranged("expert", choices=SOURCES)
     only_successful: bool = False
 
 
 # --- worker side ----------------------------------------------------------------------------
 _worker: dict[str, Any] = {}
-
-
-POLICIES = ("scripted", "random")
 
 
 class RandomActions:
@@ -100,10 +101,7 @@ def _close_worker() -> None:
 # --- main side ------------------------------------------------------------------------------
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Append ``cfg.episodes`` episodes to ``cfg.out`` (fewer if some are already there)."""
-    if cfg.policy not in POLICIES:
-        raise VlarlError(f"collect: unknown policy {cfg.policy!r}; valid: {', '.join(POLICIES)}")
-    if cfg.workers < 1:
-        raise VlarlError(f"collect: workers must be >= 1, got {cfg.workers}")
+    check_ranges(cfg, "collect")
     from vlarl.envs import make  # check the env name and options up front, with a clear error
 
     make(cfg.env.name, **cfg.env.kwargs()).close()

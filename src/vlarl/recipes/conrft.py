@@ -35,6 +35,7 @@ from vlarl.fileio import atomic_write_text
 from vlarl.recipes.hil_serl import Agent, HILSERLConfig, evaluate_policy
 from vlarl.recipes.hil_serl import actor_parts as _hil_actor_parts
 from vlarl.runtime.actor import ActorParts
+from vlarl.runtime.config import ranged
 
 
 def _default_critic() -> SACConfig:
@@ -48,8 +49,8 @@ class ConRFTRecipeConfig(HILSERLConfig):
     sac: SACConfig = field(default_factory=_default_critic)  # the critic ensemble, batch, UTD, gamma, lr, encoder
     conrft: ConRFTConfig = field(default_factory=ConRFTConfig)
     shaping: RewardShapingConfig = field(default_factory=RewardShapingConfig)
-    offline_steps: int = 3_000  # updates on the demos before any env step
-    steps: int = 10_000
+    offline_steps: int = ranged(3_000, ge=0)  # updates on the demos before any env step
+    steps: int = ranged(10_000, ge=0)  # 0: the offline stage alone
     run_dir: str = "runs/conrft"
 
     name: ClassVar[str] = "conrft"
@@ -57,8 +58,6 @@ class ConRFTRecipeConfig(HILSERLConfig):
 
     def check(self) -> None:
         super().check()
-        if self.offline_steps < 0:
-            raise VlarlError(f"conrft: offline_steps must be >= 0, got {self.offline_steps}")
         if self.offline_steps and not self.demos:
             raise VlarlError("conrft: the offline stage needs demos (set demos > 0 or offline_steps=0)")
         self.conrft.beta_schedule(0)  # a bad schedule kind fails here, before a run starts

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from vlarl.data import EpisodeDataset
-from vlarl.errors import VlarlError
 from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
 from vlarl.recipes.hil_serl import HILSERLConfig, evaluate_policy, train_hil_serl
 from vlarl.recipes.sft import SFTConfig, train_sft
 from vlarl.runtime import Run
+from vlarl.runtime.config import check_ranges, ranged
 
 
 def _default_collect() -> CollectConfig:
@@ -56,7 +56,7 @@ DEMO_STEPS = 3_000
 
 @dataclass
 class DemoConfig:
-    recipe: str = "hil-serl"  # hil-serl | sft
+    recipe: str = ranged("hil-serl", choices=("hil-serl", "sft"))
     hil_serl: HILSERLConfig = field(default_factory=_default_hil_serl)
     collect: CollectConfig = field(default_factory=_default_collect)
     sft: SFTConfig = field(default_factory=_default_sft)
@@ -65,11 +65,10 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig | None = None, progress: bool = True, resume: Run | None = None) -> dict[str, Any]:
     """Run the demo; with ``resume`` (a reopened demo run) continue where it stopped."""
+    check_ranges(cfg, "demo")  # before a run directory is made
     run, cfg = Run.start(cfg, resume, exist_ok=True)
     if cfg.recipe == "hil-serl":
         return _hil_serl_demo(run, cfg, progress)
-    if cfg.recipe != "sft":
-        raise VlarlError(f"demo: recipe must be 'hil-serl' or 'sft', got {cfg.recipe!r}")
     root = run.path
     with run:
         cfg.collect.out = str(root / "dataset")

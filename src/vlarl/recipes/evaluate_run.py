@@ -10,18 +10,19 @@ from typing import Any
 
 from vlarl.errors import CheckpointError
 from vlarl.runtime import latest_checkpoint, load_checkpoint
+from vlarl.runtime.config import check_ranges, ranged
 
 
 @dataclass
 class EvalConfig:
-    episodes: int = 20
-    envs: int = 2
+    episodes: int = ranged(20, ge=1)
+    envs: int = ranged(2, ge=1)
     env_names: list[str] = field(default_factory=list)  # default: the tasks the policy was trained on
-    episode_length: int | None = None
-    videos: int = 2
-    twin_seed: int | None = None  # evaluate on TwinConfig.random(twin_seed, twin_strength)
-    twin_strength: float = 0.2
-    seed: int = 0
+    episode_length: int | None = ranged(None, ge=1)
+    videos: int = ranged(2, ge=0)
+    twin_seed: int | None = ranged(None, ge=0)  # evaluate on TwinConfig.random(twin_seed, twin_strength)
+    twin_strength: float = ranged(0.2, ge=0, lt=1)  # factors in [1 - strength, 1 + strength]
+    seed: int = ranged(0, ge=0)
     out: str | None = None
 
 
@@ -46,6 +47,7 @@ def evaluate_run(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
     from vlarl.models.language import InstructionEncoder
     from vlarl.recipes.sft import SFTConfig, build_policy, evaluate_policy
 
+    check_ranges(cfg, "eval")
     run, ckpt = resolve(path)
     spec = json.loads((run / "policy.json").read_text())
     policy = build_policy(spec)

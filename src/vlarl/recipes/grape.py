@@ -45,6 +45,7 @@ from vlarl.models.groups import set_trainable
 from vlarl.models.policy import PolicyConfig, VLAPolicy
 from vlarl.recipes.sft import SFTConfig, load_sft_policy, stage0
 from vlarl.runtime import Run, resolve_device, seed_everything
+from vlarl.runtime.config import check_ranges, ranged
 
 
 @dataclass
@@ -52,23 +53,23 @@ class GRAPEConfig:
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=1000, policy=PolicyConfig(head="tokens")))
     sft_run: str | None = None  # start from this finished SFT run instead of training stage 0
     tasks: list[str] = field(default_factory=list)  # env names; default: every task of the SFT data
-    iterations: int = 3
-    samples_per_task: int = 32  # K trajectories sampled per task and iteration
-    samples_per_start: int = 1  # >1: the K trajectories come in groups from one start state, paired inside groups
-    temperature: float = 1.0  # sampling temperature (token logits / T; Gaussian std x T); scores use T = 1
-    pairs_per_task: int = 8  # m: top-m paired with bottom-m (per group when samples_per_start > 1)
+    iterations: int = ranged(3, ge=1)
+    samples_per_task: int = ranged(32, ge=2)  # K trajectories sampled per task and iteration (2 make a pair)
+    samples_per_start: int = ranged(1, ge=1)  # >1: the K trajectories come in groups from one start state, paired inside groups
+    temperature: float = ranged(1.0, gt=0)  # sampling temperature (token logits / T; Gaussian std x T); scores use T = 1
+    pairs_per_task: int = ranged(8, ge=1)  # m: top-m paired with bottom-m (per group when samples_per_start > 1)
     weights: GCPGWeights = field(default_factory=GCPGWeights)
     tpo: TPOConfig = field(default_factory=TPOConfig)
-    objective: str = "task"  # "task", "safety" (keep-out zone) or "efficiency" (fewer steps)
+    objective: str = ranged("task", choices=OBJECTIVES)  # "task", "safety" (keep-out zone) or "efficiency" (fewer steps)
     keep_out: KeepOutZone | None = None  # measured whenever set; penalised under "safety"
-    safety_weight: float = 0.5  # R_ext cost per step inside the keep-out zone
-    efficiency_weight: float = 0.02  # R_ext cost per step
+    safety_weight: float = ranged(0.5, ge=0)  # R_ext cost per step inside the keep-out zone
+    efficiency_weight: float = ranged(0.02, ge=0)  # R_ext cost per step
     costs: CostGeneratorConfig = field(default_factory=CostGeneratorConfig)
-    sample_envs: int = 2
-    eval_episodes: int = 20
-    eval_envs: int = 2
-    video_episodes: int = 1
-    seed: int = 0
+    sample_envs: int = ranged(2, ge=1)
+    eval_episodes: int = ranged(20, ge=1)
+    eval_envs: int = ranged(2, ge=1)
+    video_episodes: int = ranged(1, ge=0)
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/grape"
     device: str = "auto"
 
@@ -218,17 +219,10 @@ def _task_costs(cfg: GRAPEConfig, envs: dict[str, str], options: dict[str, dict[
 
 
 def _check(cfg: GRAPEConfig) -> None:
-    if cfg.objective not in OBJECTIVES:
-        raise VlarlError(unknown("objective", cfg.objective, OBJECTIVES))
+    check_ranges(cfg, "grape")
     if cfg.objective == "safety" and cfg.keep_out is None:
         raise VlarlError("objective 'safety' needs keep_out: {low: [x, y, z], high: [x, y, z]}")
-    if cfg.tpo.reference not in ("iteration", "sft"):
-        raise VlarlError(unknown("tpo.reference", cfg.tpo.reference, ("iteration", "sft")))
-    if cfg.temperature <= 0:
-        raise VlarlError(f"temperature must be > 0, got {cfg.temperature}")
-    if cfg.samples_per_task < 2:
-        raise VlarlError(f"samples_per_task must be >= 2 to form a pair, got {cfg.samples_per_task}")
-    if cfg.samples_per_start < 1 or cfg.samples_per_task % cfg.samples_per_start:
+    if cfg.samples_per_task % cfg.samples_per_start:
         raise VlarlError(f"samples_per_start ({cfg.samples_per_start}) must divide samples_per_task "
                          f"({cfg.samples_per_task})")
 

@@ -47,6 +47,7 @@ from vlarl.recipes.collect import EnvConfig
 from vlarl.recipes.rlpd import _obs_to_torch
 from vlarl.runtime import Run, load_config, seed_everything
 from vlarl.runtime.actor import ActorParts, EnvStepper, EpisodeStream
+from vlarl.runtime.config import check_ranges, ranged
 from vlarl.runtime.launcher import ActorLauncher
 from vlarl.runtime.secret import start_run_secret
 from vlarl.runtime.transport import EpisodeSpec, LearnerServer, TransportConfig, weights_spec
@@ -76,35 +77,35 @@ def _default_sac() -> SACConfig:
 class HILSERLConfig:
     env: EnvConfig = field(default_factory=_default_env)
     sac: SACConfig = field(default_factory=_default_sac)
-    demos: int = 20  # scripted demos recorded through the same wrappers into the demo buffer
-    demo_noise: float = 0.1
-    human: str = "sim"  # sim | keyboard | gamepad | none
+    demos: int = ranged(20, ge=0)  # scripted demos recorded through the same wrappers into the demo buffer
+    demo_noise: float = ranged(0.1, ge=0)
+    human: str = ranged("sim", choices=HUMANS)  # sim | keyboard | gamepad | none
     sim_human: SimulatedHumanConfig = field(default_factory=SimulatedHumanConfig)
-    reward: str = "env"  # env | classifier (then ``classifier`` is a reward-classifier run)
+    reward: str = ranged("env", choices=REWARDS)  # env | classifier (then ``classifier`` is a reward-classifier run)
     classifier: str | None = None
-    classifier_threshold: float = 0.5
-    classifier_confirm_steps: int = 3  # frames in a row the classifier must call success
+    classifier_threshold: float = ranged(0.5, ge=0, le=1)
+    classifier_confirm_steps: int = ranged(3, ge=1)  # frames in a row the classifier must call success
     relative_frame: bool = True
     shaping: RewardShapingConfig | None = None  # replace the reward (ConRFT's: +10 success, -0.05 a step, ...)
-    runtime: str = "multiprocess"  # inprocess | multiprocess | ray
-    actors: int = 1
+    runtime: str = ranged("multiprocess", choices=RUNTIMES)  # inprocess | multiprocess | ray
+    actors: int = ranged(1, ge=1)
     respawn_actors: bool = True  # start a new actor when one dies
     ray_address: str | None = None  # None: a local Ray instance; "auto": the running cluster
     transport: TransportConfig = field(default_factory=TransportConfig)
-    control_hz: float | None = None  # pace actors like a real robot (HIL-SERL: 10 Hz)
-    steps: int = 30_000  # env steps received by the learner
-    updates_per_step: float = 1.0  # the learner never runs further ahead of the data than this
-    weights_every: int = 10  # learner updates between weight broadcasts
-    buffer_size: int = 200_000
+    control_hz: float | None = ranged(None, gt=0)  # pace actors like a real robot (HIL-SERL: 10 Hz)
+    steps: int = ranged(30_000, ge=1)  # env steps received by the learner
+    updates_per_step: float = ranged(1.0, gt=0)  # the learner never runs further ahead of the data than this
+    weights_every: int = ranged(10, ge=1)  # learner updates between weight broadcasts
+    buffer_size: int = ranged(200_000, ge=2)
     save_buffer: bool = True
-    eval_every: int = 5_000  # env steps
-    eval_episodes: int = 20
-    final_eval_episodes: int = 50
+    eval_every: int = ranged(5_000, ge=0)  # env steps; 0: the final evaluation only
+    eval_episodes: int = ranged(20, ge=1)
+    final_eval_episodes: int = ranged(50, ge=1)
     video: bool = True  # film two episodes of the final evaluation
-    save_every: int = 2_500  # env steps
-    log_every: int = 100  # learner updates
-    learner_threads: int = 0  # 0: the cores left after one per actor (at least 1)
-    seed: int = 0
+    save_every: int = ranged(2_500, ge=1)  # env steps
+    log_every: int = ranged(100, ge=1)  # learner updates
+    learner_threads: int = ranged(0, ge=0)  # 0: the cores left after one per actor (at least 1)
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/hil-serl"
     device: str = "auto"
 
@@ -128,14 +129,10 @@ class HILSERLConfig:
         """Runs once after the demos are recorded, before any actor step (ConRFT: offline stage)."""
 
     def check(self) -> None:
-        for key, value, allowed in (("runtime", self.runtime, RUNTIMES), ("human", self.human, HUMANS),
-                                    ("reward", self.reward, REWARDS)):
-            if value not in allowed:
-                raise VlarlError(f"hil-serl: {key} must be one of {list(allowed)}, got {value!r}")
+        """Every field's declared range, then the settings that depend on each other."""
+        check_ranges(self, self.name)
         if self.reward == "classifier" and not self.classifier:
             raise VlarlError("hil-serl: reward=classifier needs classifier=<run dir of vlarl reward-classifier train>")
-        if self.actors < 1:
-            raise VlarlError(f"hil-serl: actors must be >= 1, got {self.actors}")
 
 
 # --- the env stack ------------------------------------------------------------------------

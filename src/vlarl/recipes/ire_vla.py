@@ -39,26 +39,27 @@ from vlarl.models.heads import ValueHead
 from vlarl.models.policy import VLAPolicy
 from vlarl.recipes.sft import SFTConfig, SFTData, cache_tokens, dataset_limits, evaluate_policy, load_sft_policy, stage0
 from vlarl.runtime import Run, resolve_device, seed_everything
+from vlarl.runtime.config import check_ranges, ranged
 
 MODES = ("ire-vla", "whole-model-ppo")
 
 
 @dataclass
 class RLStageConfig:
-    steps: int = 10_000  # env steps per RL stage
-    num_envs: int = 2  # parallel env processes (split over the stage's tasks)
-    rollout_steps: int = 256  # steps per env between PPO updates
-    value_lr: float = 1e-3  # the value head starts from scratch each stage
-    value_warmup_epochs: int = 10  # fit the new value head on the first rollout before any policy step
+    steps: int = ranged(10_000, ge=1)  # env steps per RL stage
+    num_envs: int = ranged(2, ge=1)  # parallel env processes (split over the stage's tasks)
+    rollout_steps: int = ranged(256, ge=1)  # steps per env between PPO updates
+    value_lr: float = ranged(1e-3, gt=0)  # the value head starts from scratch each stage
+    value_warmup_epochs: int = ranged(10, ge=0)  # fit the new value head on the first rollout before any policy step
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
 @dataclass
 class SLStageConfig:
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
+    steps: int = ranged(1000, ge=1)
+    batch_size: int = ranged(128, ge=1)
+    lr: float = ranged(1e-4, gt=0)
+    weight_decay: float = ranged(1e-4, ge=0)
     balance_tasks: bool = True  # each batch draws tasks equally, not frames: a task with little data is not drowned
 
 
@@ -67,15 +68,16 @@ class IReVLAConfig:
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=1000))  # stage 0
     sft_run: str | None = None  # start from this finished SFT run instead of training stage 0
     tasks: list[str] = field(default_factory=list)  # one entry per RL stage: "metaworld/a" or "metaworld/a,metaworld/b"; default: each task of the demos
-    iterations: int = 1
-    mode: str = "ire-vla"  # or "whole-model-ppo" (the baseline)
+    iterations: int = ranged(1, ge=1)
+    mode: str = ranged("ire-vla", choices=MODES)  # or "whole-model-ppo" (the baseline)
     rl: RLStageConfig = field(default_factory=RLStageConfig)
     sl: SLStageConfig = field(default_factory=SLStageConfig)
-    eval_episodes: int = 20
-    eval_envs: int = 2
-    eval_after_stage: str = "trained"  # evaluate after each stage: "trained" tasks, "all", or "none"
-    video_episodes: int = 1
-    seed: int = 0
+    eval_episodes: int = ranged(20, ge=1)
+    eval_envs: int = ranged(2, ge=1)
+    # evaluate after each stage: "trained" tasks, "all", or "none"
+    eval_after_stage: str = ranged("trained", choices=("trained", "all", "none"))
+    video_episodes: int = ranged(1, ge=0)
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/ire-vla"
     device: str = "auto"
 
@@ -334,10 +336,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     from vlarl.models.language import InstructionEncoder
 
     given = resume.config if resume is not None else cfg
-    if given is not None and given.mode not in MODES:  # before a run directory is made
-        raise VlarlError(unknown("mode", given.mode, MODES))
-    if given is not None and given.eval_after_stage not in ("trained", "all", "none"):
-        raise VlarlError(unknown("eval_after_stage", given.eval_after_stage, ("trained", "all", "none")))
+    check_ranges(given, "ire-vla")  # before a run directory is made
     run, cfg = Run.start(cfg, resume)
     device = resolve_device(cfg.device)
     rng = seed_everything(cfg.seed)

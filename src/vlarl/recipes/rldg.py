@@ -37,6 +37,7 @@ from vlarl.recipes.hil_serl import Agent, HILSERLConfig
 from vlarl.recipes.rlpd import RLPDConfig, _obs_to_torch
 from vlarl.recipes.sft import SFTConfig
 from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, load_config, seed_everything
+from vlarl.runtime.config import check_ranges, ranged
 
 SPECIALISTS = ("rlpd", "hil-serl")
 DATA_KINDS = ("rl", "demos", "mix")
@@ -55,20 +56,20 @@ def _default_hil_serl() -> HILSERLConfig:
 @dataclass
 class RLDGConfig:
     tasks: list[str] = field(default_factory=lambda: ["toy/reach"])
-    specialist: str = "rlpd"  # the recipe that trains each task's specialist: rlpd | hil-serl
+    specialist: str = ranged("rlpd", choices=SPECIALISTS)  # the recipe that trains each task's specialist
     specialist_runs: dict[str, str] = field(default_factory=dict)  # task -> a finished run of that recipe
     rlpd: RLPDConfig = field(default_factory=_default_rlpd)  # template; env.name and demos are set per task
     hil_serl: HILSERLConfig = field(default_factory=_default_hil_serl)  # template; env.name is set per task
-    specialist_demos: int = 10  # scripted demos (from state) in RLPD's offline buffer
+    specialist_demos: int = ranged(10, ge=1)  # scripted demos (from state) in RLPD's offline buffer
     # What the generalist sees (name unused): proprio + these cameras, in episodes this long.
     data_env: EnvConfig = field(default_factory=lambda: EnvConfig(name="", obs_mode="pixels"))
-    demo_noise: float = 0.1
+    demo_noise: float = ranged(0.1, ge=0)
     generalists: list[str] = field(default_factory=lambda: ["rl:10", "demos:10", "mix:10"])
-    attempts_per_episode: float = 4.0  # give up on a task's data after this many attempts per wanted episode
+    attempts_per_episode: float = ranged(4.0, ge=1)  # give up on a task's data after this many attempts per wanted episode
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=1000, video_episodes=1))
-    eval_episodes: int = 20
-    eval_envs: int = 2
-    seed: int = 0
+    eval_episodes: int = ranged(20, ge=1)
+    eval_envs: int = ranged(2, ge=1)
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/rldg"
     device: str = "auto"
 
@@ -96,8 +97,7 @@ def episodes_per_source(generalists: list[str]) -> dict[str, int]:
 def _check(cfg: RLDGConfig) -> None:
     from vlarl.envs.registry import ENV_NAMES
 
-    if cfg.specialist not in SPECIALISTS:
-        raise VlarlError(unknown("specialist", cfg.specialist, SPECIALISTS))
+    check_ranges(cfg, "rldg")
     if not cfg.tasks:
         raise VlarlError("tasks: at least one env name is needed")
     for task in [*cfg.tasks, *cfg.specialist_runs]:
