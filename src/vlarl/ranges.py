@@ -21,7 +21,7 @@ RANGE_KEY = "vlarl.range"  # where ``ranged`` keeps a field's Range in its datac
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """The values one config field admits: numeric bounds and/or a list of choices. A list
+    """The values one config field admits: numeric bounds or a list of choices. A list
     or tuple value is checked entry by entry; ``None`` always passes (the type decides
     whether it may be ``None``)."""
 
@@ -40,6 +40,13 @@ class Range:
             return False
         return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
                 and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def refusal(self, key: str, value: Any) -> str:
+        """The message for ``value`` outside the range: ``steps must be >= 1, got -5``; with
+        choices, ``human must be one of its choices, got 'x'; valid: sim, none``."""
+        if self.choices is not None:
+            return f"{key} must be one of its choices, got {value!r}; valid: {', '.join(map(str, self.choices))}"
+        return f"{key} must be {self.describe()}, got {value!r}"
 
     def describe(self) -> str:
         """``>= 1``, ``in (0, 1]``, ``one of 'a', 'b'``: what the field admits, in words."""
@@ -97,10 +104,9 @@ def range_problems(cfg: Any, prefix: str = "") -> list[Problem]:
     for f in dataclasses.fields(cfg):
         value, key, spec = getattr(cfg, f.name), prefix + f.name, f.metadata.get(RANGE_KEY)
         if spec is not None and isinstance(value, (list, tuple)):
-            problems += [Problem(key, f"{key} entries must be {spec.describe()}, got {v!r}")
-                         for v in value if not spec.admits(v)]
+            problems += [Problem(key, spec.refusal(f"{key} entries", v)) for v in value if not spec.admits(v)]
         elif spec is not None and value is not None and not spec.admits(value):
-            problems.append(Problem(key, f"{key} must be {spec.describe()}, got {value!r}"))
+            problems.append(Problem(key, spec.refusal(key, value)))
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             problems += range_problems(value, key + ".")
     return problems
