@@ -16,6 +16,11 @@ Crash safety: an episode is written to a temporary file, fsynced and renamed int
 and only then appended (one line, fsynced) to the index. A writer killed at any moment
 loses at most the episode in progress; a torn last index line is ignored by readers and
 cut by the next writer. Readers open one episode file at a time.
+
+A damaged episode file (missing, truncated, corrupt) is an error naming it when read;
+``EpisodeDataset.readable(skip_bad=True)`` leaves such episodes out instead, naming each
+and counting them (``skipped``). ``check_matches`` compares what a dataset records (the
+env of every episode, observation and action shapes) with the env a run uses.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import dataclasses
 import fcntl
 import json
 import os
+import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,6 +264,7 @@ class EpisodeDataset:
         self.episodes, self.problems, _ = _read_index(self.root / "meta" / "episodes.jsonl")
         for p in self.problems:
             warnings.warn(p, stacklevel=2)
+        self.skipped: list[str] = []  # damaged episodes ``readable`` left out, one message each
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -296,6 +303,53 @@ class EpisodeDataset:
         for i, meta in enumerate(self.episodes):
             yield meta, self.load(i)
 
+    def readable(self, skip_bad: bool = False, indices: Iterable[int] | None = None,
+                 keys: list[str] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(index, arrays) of episodes ``indices`` (default: all), in order. A damaged episode
+        stops with a DatasetError naming it; with ``skip_bad`` it is left out instead: its
+        message is printed (stderr) and kept in ``skipped``, and the count printed at the end."""
+        before = len(self.skipped)
+        for i in range(len(self)) if indices is None else indices:
+            try:
+                arrays = self.load(i, keys)
+            except DatasetError as err:
+                if not skip_bad:
+                    raise DatasetError(f"{err} (skip_bad_episodes=true leaves damaged episodes out)") from err
+                self.skipped.append(str(err))
+                print(f"vlarl: skipped damaged episode: {err}", file=sys.stderr)
+                continue
+            yield i, arrays
+        if len(self.skipped) > before:
+            print(f"vlarl: {self.root}: skipped {len(self.skipped) - before} damaged episode(s)", file=sys.stderr)
+
+    def recorded_envs(self) -> list[str | None]:
+        """The env names the episodes record (``extra["env"]``, as ``vlarl collect`` writes it),
+        sorted, ``None`` for episodes that record none."""
+        names = {e.extra.get("env") or None for e in self.episodes}
+        return sorted(names, key=lambda n: (n is None, n or ""))
+
+    def check_matches(self, env_name: str, features: Mapping[str, Sequence[int]], what: str, override: str,
+                      check_env: bool = True) -> None:
+        """Raise DatasetError unless the dataset's observation and action shapes are ``features``
+        (see ``env_features``) and, with ``check_env``, every episode records ``env_name``.
+        ``what`` is the config key naming the dataset; ``override`` the setting that turns
+        ``check_env`` off, for a deliberate transfer (shapes must match regardless)."""
+        if not self.episodes:
+            raise DatasetError(f"{what}: {self.root} holds no episodes")
+        have = {k: list(v["shape"]) for k, v in self.info["features"].items()
+                if k.startswith("observation.") or k == "action"}
+        want = {k: list(v) for k, v in features.items()}
+        if have != want:
+            diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+            details = "; ".join(f"{k}: the dataset has {have.get(k, 'none')}, the run's env gives {want.get(k, 'none')}"
+                                for k in diff)
+            raise DatasetError(f"{what}: {self.root} does not fit the run's env {env_name} ({details})")
+        recorded = self.recorded_envs()
+        if check_env and recorded != [env_name]:
+            shown = ", ".join(n or "(no env recorded)" for n in recorded)
+            raise DatasetError(f"{what}: {self.root} was recorded on {shown}; this run uses {env_name}. "
+                               f"Set {override} to use it anyway (deliberate transfer)")
+
     def verify(self) -> list[str]:
         """Read every episode; return one message per unreadable episode (empty if all good)."""
         bad = list(self.problems)
@@ -329,6 +383,14 @@ class EpisodeDataset:
             "tasks": tasks,
             "problems": self.problems,
         }
+
+
+def env_features(state_dim: int, action_dim: int, cameras: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+    """The observation and action shapes a dataset recorded on an env with these dimensions
+    holds (``cameras``: camera -> (H, W, 3)), as ``EpisodeDataset.check_matches`` takes them."""
+    out = {"observation.state": [state_dim], "action": [action_dim]}
+    out.update({f"observation.images.{c}": list(shape) for c, shape in (cameras or {}).items()})
+    return out
 
 
 def _load_info(path: Path) -> dict[str, Any]:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlarl.errors import VlarlError
+
+if TYPE_CHECKING:
+    from vlarl.data.episodes import EpisodeDataset
 
 
 class ReplayBuffer:
@@ -122,19 +125,20 @@ class ReplayBuffer:
                      truncated=i == t - 1)
 
     @classmethod
-    def from_dataset(cls, path: str | Path, capacity: int | None = None, seed: int = 0,
-                     reward_fn=None) -> ReplayBuffer:
-        """An offline buffer holding every episode of a ``vlarl.data`` dataset."""
+    def from_dataset(cls, path: str | Path | EpisodeDataset, capacity: int | None = None, seed: int = 0,
+                     reward_fn=None, skip_bad: bool = False) -> ReplayBuffer:
+        """An offline buffer holding every episode of a ``vlarl.data`` dataset (a path or an
+        open ``EpisodeDataset``). A damaged episode is an error, or with ``skip_bad`` left out
+        (listed in the dataset's ``skipped``)."""
         from vlarl.data.episodes import EpisodeDataset
 
-        data = EpisodeDataset(path)
+        data = path if isinstance(path, EpisodeDataset) else EpisodeDataset(path)
         feats = data.info["features"]
         cameras = {c: tuple(feats[f"observation.images.{c}"]["shape"]) for c in data.cameras}
         need = sum(e.length + 1 for e in data.episodes)
         buf = cls(capacity or need, feats["observation.state"]["shape"][0], feats["action"]["shape"][0],
                   cameras, seed=seed)
-        for i in range(len(data)):
-            arrays = data.load(i)
+        for _, arrays in data.readable(skip_bad):
             if reward_fn is not None:
                 arrays = {**arrays, "reward": reward_fn(arrays)}
             buf.add_episode(arrays)

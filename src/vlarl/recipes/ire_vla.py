@@ -394,7 +394,9 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
         else:
             d_rl = _d_rl_datasets(run.path, counters["history"])
             data = SFTData(expert + d_rl, policy.cfg.chunk,
-                           dataset_limits(expert_limit, len(expert)) + [None] * len(d_rl))
+                           dataset_limits(expert_limit, len(expert)) + [None] * len(d_rl), cfg.sft.skip_bad_episodes)
+            if data.skipped:
+                entry["skipped_episodes"] = {"count": len(data.skipped), "episodes": data.skipped}
             rl_episodes, rl_frames = _size(d_rl, None)
             entry.update(sl_stage(policy, data, lang_of, cfg.sl, rng, device))
             entry.update({"d_e_episodes": d_e_episodes, "d_rl_episodes_total": rl_episodes, "frames": len(data),

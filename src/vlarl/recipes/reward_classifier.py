@@ -22,35 +22,41 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vlarl.errors import VlarlError
+from vlarl.models.policy import ENCODERS
 from vlarl.models.reward_classifier import RewardClassifier
 from vlarl.runtime import Run, load_config, save_config, seed_everything
 from vlarl.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from vlarl.runtime.config import check_ranges, ranged
 
 
 @dataclass
 class RewardClassifierConfig:
     data: list[str] = field(default_factory=list)  # vlarl datasets with images and is_success
     cameras: list[str] | None = None  # None: every camera of the data
-    image_size: int | None = None  # read from the data; recorded so the run loads without it
-    encoder: str = "efficientnet-lite0"
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    holdout: float = 0.25  # share of episodes held out for precision / recall
-    threshold: float = 0.5
+    image_size: int | None = ranged(None, ge=1)  # read from the data; recorded so the run loads without it
+    encoder: str = ranged("efficientnet-lite0", choices=ENCODERS)
+    steps: int = ranged(1500, ge=1)
+    batch_size: int = ranged(128, ge=1)
+    lr: float = ranged(3e-4, gt=0)
+    weight_decay: float = ranged(1e-4, ge=0)
+    holdout: float = ranged(0.25, ge=0, lt=1)  # share of episodes held out for precision / recall
+    threshold: float = ranged(0.5, ge=0, le=1)
     balance: bool = True  # sample positives and negatives equally (successes are rare frames)
-    seed: int = 0
+    skip_bad_episodes: bool = False  # leave damaged episodes out (named and counted) instead of stopping
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/reward-classifier"
 
 
-def _frames(paths: list[str], cameras: list[str] | None) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray], list[str]]:
-    """Per episode: images per camera (T+1, H, W, 3) and labels (T+1,)."""
+def _frames(paths: list[str], cameras: list[str] | None, skip_bad: bool = False
+            ) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray], list[str], list[str]]:
+    """Per episode: images per camera (T+1, H, W, 3) and labels (T+1,); then the cameras and
+    the damaged episodes left out (with ``skip_bad``; else a damaged episode is an error)."""
     from vlarl.data import EpisodeDataset
 
     if not paths:
         raise VlarlError("reward_classifier.data: give at least one dataset (--data DIR)")
-    images, labels = [], []
+    images, labels, skipped = [], [], []
+    shapes: dict[str, list[int]] = {}  # camera -> image shape, from the first dataset
     for path in paths:
         data = EpisodeDataset(path)
         have = data.cameras
@@ -60,18 +66,23 @@ def _frames(paths: list[str], cameras: list[str] | None) -> tuple[list[dict[str,
         missing = [c for c in cameras if c not in have]
         if missing:
             raise VlarlError(f"{path}: reward_classifier.cameras {missing} not in the dataset (it has {have})")
-        for i in range(len(data)):
-            ep = data.load(i, [f"observation.images.{c}" for c in cameras] + ["is_success"])
+        for c in cameras:
+            shape = data.info["features"][f"observation.images.{c}"]["shape"]
+            if shapes.setdefault(c, shape) != shape:  # one classifier sees them all: the same images
+                raise VlarlError(f"{path}: camera {c!r} images are {shape}; the first dataset's are {shapes[c]}")
+        for _, ep in data.readable(skip_bad, keys=[f"observation.images.{c}" for c in cameras] + ["is_success"]):
             images.append({c: ep[f"observation.images.{c}"] for c in cameras})
             labels.append(np.concatenate([[False], ep["is_success"]]))
-    return images, labels, list(cameras or [])
+        skipped += data.skipped
+    return images, labels, list(cameras or []), skipped
 
 
 def train_reward_classifier(cfg: RewardClassifierConfig | None = None, resume: Run | None = None,
                             progress: bool = True) -> dict[str, Any]:
+    check_ranges(cfg, "reward_classifier")  # before a run directory is made
     run, cfg = Run.start(cfg, resume, exist_ok=True)
     seed_everything(cfg.seed)
-    images, labels, cameras = _frames(cfg.data, cfg.cameras)
+    images, labels, cameras, skipped = _frames(cfg.data, cfg.cameras, cfg.skip_bad_episodes)
     size = next(iter(images[0].values())).shape[1]
     cfg.cameras, cfg.image_size = cameras, size
     save_config(cfg, run.path / "config.yaml")  # what loading the classifier needs
@@ -117,6 +128,8 @@ def train_reward_classifier(cfg: RewardClassifierConfig | None = None, resume: R
     results: dict[str, Any] = {"cameras": cameras, "train_episodes": len(train_eps), "test_episodes": len(test_eps),
                                "train_frames": len(y_train), "train_positives": int(y_train.sum()),
                                "threshold": cfg.threshold}
+    if cfg.skip_bad_episodes:
+        results["skipped_episodes"] = {"count": len(skipped), "episodes": skipped}
     results["train"] = _scores(model, x_train, y_train, cfg.threshold)
     if test_eps:
         x_test, y_test = encode(test_eps)

@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
+from vlarl.data.episodes import EpisodeDataset, env_features
 from vlarl.data.replay import ReplayBuffer, sample_mixed
-from vlarl.errors import VlarlError
 from vlarl.recipes.collect import EnvConfig
 from vlarl.runtime import Run, seed_everything
+from vlarl.runtime.config import check_ranges, ranged
 
 
 @dataclass
@@ -36,17 +37,19 @@ class RLPDConfig:
     env: EnvConfig = field(default_factory=lambda: EnvConfig(name="toy/reach", obs_mode="state"))
     sac: SACConfig = field(default_factory=SACConfig)
     demos: str | None = None  # a vlarl dataset of the same env
+    demos_env_check: bool = True  # false: accept demos recorded on another env (same shapes), deliberately
+    skip_bad_episodes: bool = False  # leave damaged demo episodes out (named and counted) instead of stopping
     demos_in_online_buffer: bool = False  # the "SAC + demos" baseline
-    steps: int = 20_000  # env steps
-    random_steps: int = 1_000  # uniform random actions first (no demos: exploration)
-    buffer_size: int = 1_000_000
-    eval_every: int = 5_000
-    eval_episodes: int = 10
-    eval_envs: int = 2
-    save_every: int = 5_000
+    steps: int = ranged(20_000, ge=1)  # env steps
+    random_steps: int = ranged(1_000, ge=0)  # uniform random actions first (no demos: exploration)
+    buffer_size: int = ranged(1_000_000, ge=2)
+    eval_every: int = ranged(5_000, ge=0)  # 0: no evaluation
+    eval_episodes: int = ranged(10, ge=1)
+    eval_envs: int = ranged(2, ge=1)
+    save_every: int = ranged(5_000, ge=1)
     save_buffer: bool = True
-    log_every: int = 500
-    seed: int = 0
+    log_every: int = ranged(500, ge=1)
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/rlpd"
     device: str = "auto"
 
@@ -68,14 +71,16 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     from vlarl.eval.evaluate import evaluate
     from vlarl.runtime import distributed
 
+    check_ranges(cfg)  # a config built in Python; a resumed one was checked when it was loaded
     cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
     device = ctx.device
     distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
-    run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     env = make(cfg.env.name, **cfg.env.kwargs())
     state_dim, action_dim, cameras = env_dims(env)
+    demos = open_demos(cfg.demos, cfg, env_features(state_dim, action_dim, cameras)) if cfg.demos else None
+    run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)  # after every check
     agent = SACAgent(cfg.sac, state_dim, action_dim, cameras).to(device)
     learner = SACLearner(agent)
     if not ctx.is_main:  # a follower: rank 0 steps the env and holds the buffers
@@ -83,11 +88,8 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
         return distributed.follow_updates(run, agent, learner, ctx)
     online = ReplayBuffer(cfg.buffer_size, state_dim, action_dim, cameras, seed=cfg.seed)
     offline = None
-    if cfg.demos:
-        demo_buffer = ReplayBuffer.from_dataset(cfg.demos, seed=cfg.seed + 1)
-        if demo_buffer.state.shape[1] != state_dim or demo_buffer.cameras != (cameras or {}):
-            raise VlarlError(f"{cfg.demos}: demos have state {demo_buffer.state.shape[1]} and cameras "
-                             f"{demo_buffer.cameras}; the env gives {state_dim} and {cameras or {}}")
+    if demos is not None:
+        demo_buffer = ReplayBuffer.from_dataset(demos, seed=cfg.seed + 1, skip_bad=cfg.skip_bad_episodes)
         if cfg.demos_in_online_buffer:
             _copy_buffer(demo_buffer, online)
         else:
@@ -103,6 +105,8 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     step, episodes = counters["step"], counters["episodes"]
     ep_return, ep_len, ep_success = 0.0, 0, False
     results: dict[str, Any] = {"evals": []}
+    if demos is not None and cfg.skip_bad_episodes:
+        results["skipped_episodes"] = {"count": len(demos.skipped), "episodes": demos.skipped}
     bar = tqdm(total=cfg.steps, initial=step, desc=f"rlpd {cfg.env.name}", unit="step", disable=not progress)
     t0 = time.perf_counter()
     try:
@@ -156,6 +160,14 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     run.write_results(results)
     run.close()
     return results
+
+
+def open_demos(path: str, cfg: RLPDConfig, features: dict[str, list[int]]) -> EpisodeDataset:
+    """The demos dataset at ``path``, checked against the run's env: the same observation and
+    action shapes and (unless ``cfg.demos_env_check`` is false) recorded on ``cfg.env.name``."""
+    data = EpisodeDataset(path)
+    data.check_matches(cfg.env.name, features, "demos", "demos_env_check=false", check_env=cfg.demos_env_check)
+    return data
 
 
 def _copy_buffer(src: ReplayBuffer, dst: ReplayBuffer) -> None:

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from vlarl.algos.bc import bc_loss
 from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
-from vlarl.errors import VlarlError, unknown
+from vlarl.errors import VlarlError
 from vlarl.models.policy import PolicyConfig, VLAPolicy
 from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, seed_everything
+from vlarl.runtime.config import check_ranges, ranged
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -33,30 +34,32 @@ PARALLEL = ("ddp", "fsdp")
 @dataclass
 class SFTConfig:
     datasets: list[str] = field(default_factory=lambda: ["data/demos"])
-    episodes_per_dataset: int | list[int] | None = None  # the first N episodes of each (low-data runs), or N per dataset
+    # the first N episodes of each (low-data runs), or N per dataset (RLDG's mix:1 takes 0 of its demos)
+    episodes_per_dataset: int | list[int] | None = ranged(None, ge=0)  # noqa: RUF009 -- ranged makes a field
+    skip_bad_episodes: bool = False  # leave damaged episodes out (named and counted) instead of stopping
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     init_run: str | None = None  # fine-tune the policy of this finished SFT run (its spec must match)
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
+    steps: int = ranged(2000, ge=1)
+    batch_size: int = ranged(64, ge=1)
+    lr: float = ranged(3e-4, ge=0)  # 0 holds the weights (a fine-tuning check)
+    weight_decay: float = ranged(1e-4, ge=0)
     augment: bool = True
     cache_features: bool = True
-    eval_every: int = 0  # 0: evaluate at the end only
-    eval_episodes: int = 10
-    eval_envs: int = 2
-    eval_episode_length: int | None = None
-    video_episodes: int = 2
-    save_every: int = 500
-    log_every: int = 50
+    eval_every: int = ranged(0, ge=0)  # 0: evaluate at the end only
+    eval_episodes: int = ranged(10, ge=1)
+    eval_envs: int = ranged(2, ge=1)
+    eval_episode_length: int | None = ranged(None, ge=1)
+    video_episodes: int = ranged(2, ge=0)
+    save_every: int = ranged(500, ge=1)
+    log_every: int = ranged(50, ge=1)
     measure_cache_speedup: bool = False
-    seed: int = 0
+    seed: int = ranged(0, ge=0)
     run_dir: str = "runs/sft"
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     # Under torchrun: "ddp" keeps a whole replica per process; "fsdp" shards the image encoder and
     # the trunk's blocks over the processes (large trunks), the rest replicated.
-    parallel: str = "ddp"
+    parallel: str = ranged("ddp", choices=PARALLEL)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -73,23 +76,33 @@ class SFTData:
     """Every (observation, action chunk, instruction) of the datasets, in memory as tensors
     (images stay uint8)."""
 
-    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None | Sequence[int | None] = None) -> None:
+    def __init__(self, paths: list[str], chunk: int, episodes_per_dataset: int | None | Sequence[int | None] = None,
+                 skip_bad: bool = False) -> None:
         """``episodes_per_dataset``: the first N episodes of each dataset (all when None), or
-        one such limit per path."""
+        one such limit per path. ``skip_bad``: damaged episodes among them are left out (not
+        replaced), each named in ``skipped``, instead of stopping."""
         limits = dataset_limits(episodes_per_dataset, len(paths))
         images: dict[str, list[np.ndarray]] = {}
         states, actions, instr = [], [], []
         self.instructions: list[str] = []
         self.tasks: dict[str, dict[str, Any]] = {}  # instruction -> env name and options
-        cameras = None
+        self.skipped: list[str] = []
+        cameras: list[str] | None = None
+        first: tuple[str, dict[str, Any]] = ("", {})
         for path, limit in zip(paths, limits):
             data = EpisodeDataset(path)
+            shapes = {k: v["shape"] for k, v in data.info["features"].items()
+                      if k.startswith("observation.") or k == "action"}
             if cameras is None:
-                cameras = data.cameras
+                cameras, first = data.cameras, (path, shapes)
             elif data.cameras != cameras:
                 raise VlarlError(f"{path}: cameras {data.cameras} differ from the first dataset's {cameras}")
-            for i, meta in enumerate(data.episodes[:limit]):
-                ep = data.load(i)
+            elif shapes != first[1]:  # one policy learns from them all: the same observations and actions
+                diff = sorted(k for k in shapes.keys() | first[1].keys() if shapes.get(k) != first[1].get(k))
+                raise VlarlError(f"{path}: shapes differ from {first[0]}'s: " + "; ".join(
+                    f"{k} {shapes.get(k)} vs {first[1].get(k)}" for k in diff))
+            for i, ep in data.readable(skip_bad, range(len(data.episodes[:limit]))):
+                meta = data.episodes[i]
                 t = meta.length
                 if meta.instruction not in self.instructions:
                     self.instructions.append(meta.instruction)
@@ -102,6 +115,7 @@ class SFTData:
                 idx = np.minimum(np.arange(t)[:, None] + np.arange(chunk)[None], t - 1)
                 actions.append(a[idx])
                 instr.append(np.full(t, self.instructions.index(meta.instruction)))
+            self.skipped += data.skipped
         if not states:
             raise VlarlError(f"no episodes in {paths}")
         if not cameras:
@@ -167,16 +181,15 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     from vlarl.models.language import InstructionEncoder
     from vlarl.runtime import distributed
 
+    check_ranges(cfg)  # a config built in Python; a resumed one was checked when it was loaded
     cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
     device = ctx.device
     distributed.require_divisible(cfg.batch_size, ctx, "batch_size")
-    if cfg.parallel not in PARALLEL:
-        raise VlarlError(unknown("parallel", cfg.parallel, PARALLEL))
     fsdp = ctx.enabled and cfg.parallel == "fsdp"
     run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
     rng = seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = SFTData(cfg.datasets, cfg.policy.chunk, cfg.episodes_per_dataset)
+    data = SFTData(cfg.datasets, cfg.policy.chunk, cfg.episodes_per_dataset, cfg.skip_bad_episodes)
     lang = InstructionEncoder()
     lang_table = lang(data.instructions).to(device)
     policy = VLAPolicy(cfg.policy, data.cameras, data.image_size, data.state_dim, data.action_dim).to(device)
@@ -247,6 +260,8 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
         return loss.detach()
 
     results: dict[str, Any] = {"cached_features": cached, "frames": len(data), "tasks": list(data.tasks)}
+    if cfg.skip_bad_episodes:
+        results["skipped_episodes"] = {"count": len(data.skipped), "episodes": data.skipped}
     if cfg.measure_cache_speedup and cached:
         results.update(_cache_speedup(train_step, len(data), cfg.batch_size, gen))
     policy.train()
