@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from vlarl.errors import VlarlError
@@ -182,8 +183,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# a dotted override (``sac.utd=5``, ``env.options.reward=sparse``), as opposed to a stray argument
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.-]*=")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; overrides may come anywhere, before or after flags (argparse alone
+    takes one run of them: ``train rlpd sac.utd=5 --demos D steps=100`` refused ``steps=100``)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    slot = next((s for s in ("overrides", "options") if hasattr(args, s)), None)  # the command's key=value list
+    stray = [a for a in extra if slot is None or not _OVERRIDE.match(a)]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if slot is not None:  # later runs of overrides follow the first, in command-line order
+        setattr(args, slot, [*(getattr(args, slot) or []), *extra])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return _dispatch(args)
     except VlarlError as err:
