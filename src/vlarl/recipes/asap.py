@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from vlarl.algos.asap import (
@@ -53,7 +55,7 @@ from vlarl.algos.asymmetric_ppo import AsymmetricActorCritic, OnPolicyConfig, tr
 from vlarl.algos.ppo import PPOConfig
 from vlarl.envs.arm import CONTROL_DT, PRIVILEGED_DIM, _fk
 from vlarl.envs.twin import TwinConfig
-from vlarl.errors import VlarlError
+from vlarl.errors import CheckpointError, VlarlError
 from vlarl.fileio import atomic_write_text
 from vlarl.runtime import Run, load_checkpoint, seed_everything
 from vlarl.runtime.config import check_ranges, ranged
@@ -307,8 +309,11 @@ def fit_sysid(cfg: ASAPConfig, root: Path, rec: Recordings) -> dict[str, Any]:
 
 
 def fit_dynamics(cfg: ASAPConfig, root: Path, rec: Recordings) -> ResidualDynamics:
-    path = root / "dynamics" / "model.pt"
+    path = root / "dynamics" / "model.safetensors"
     if not path.exists():
+        if path.with_name("model.pt").exists():  # an older vlarl's pickle: not loaded, fitted anew beside it
+            print(f"asap: {path.with_name('model.pt')} is a pickle (torch.save), which vlarl no longer loads; "
+                  f"fitting the dynamics model again into {path.name}", flush=True)
         sim = replay_sim(cfg)
         try:
             x, y = residual_dataset(sim, rec)
@@ -319,14 +324,18 @@ def fit_dynamics(cfg: ASAPConfig, root: Path, rec: Recordings) -> ResidualDynami
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path.parent / "fit.json", json.dumps({**info, "samples": len(x)}, indent=2))
         tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
+        save_model(model, str(tmp))
         tmp.replace(path)
     return load_dynamics(cfg, root, "dynamics")
 
 
 def load_dynamics(cfg: ASAPConfig, root: Path, stage: str) -> ResidualDynamics:
     model = ResidualDynamics(cfg.dynamics.hidden)
-    model.load_state_dict(torch.load(_need(root / "dynamics" / "model.pt", stage, "dynamics"), weights_only=True))
+    path = _need(root / "dynamics" / "model.safetensors", stage, "dynamics")
+    try:
+        load_model(model, str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:  # a malformed file, a shape/name mismatch
+        raise CheckpointError(f"{path}: cannot load the dynamics model ({type(err).__name__}: {err})") from None
     return model
 
 

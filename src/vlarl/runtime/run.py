@@ -6,15 +6,19 @@
     runs/<name>/checkpoints/     atomic checkpoints (see checkpoint.py)
     runs/<name>/results.json     final figures
 
-``Run.create`` starts a run, ``Run.resume`` reopens one: the config is read back, scalars
-logged after the last checkpoint are dropped (they will be logged again), and
-``restore`` loads weights, optimisers, RNG and counters.
+``Run.create`` starts a run (its directory readable by its owner only: learner.json holds the
+actors' key), ``Run.resume`` reopens one: the config is read back, scalars logged after the
+last checkpoint are dropped (they will be logged again), and ``restore`` loads weights,
+optimisers, RNG and counters. A resume never starts over in silence: a damaged newest
+checkpoint, or a run with history but no checkpoint left, is refused before anything in the
+run is touched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,10 +28,18 @@ import numpy as np
 import torch
 from typing_extensions import Self
 
-from vlarl.errors import VlarlError
+from vlarl.errors import CheckpointError, VlarlError
 from vlarl.fileio import atomic_write_text
-from vlarl.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlarl.runtime.checkpoint import (
+    checkpoint_dirs,
+    checkpoint_step,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside,
+)
 from vlarl.runtime.config import load_config, save_config
+from vlarl.runtime.seeding import Generator
 
 C = TypeVar("C")
 
@@ -51,6 +63,7 @@ class Run:
         if (path / "checkpoints").exists() and not exist_ok:
             raise VlarlError(f"{path}: a run already exists here; use --resume {path} or another name")
         path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # config, learner.json (the actors' key) and actor files: the owner's only
         save_config(config, path / "config.yaml")
         return cls(path, config)
 
@@ -67,17 +80,36 @@ class Run:
 
     @classmethod
     def resume(cls, path: str | Path, config_cls: type[C], overrides: list[str] | tuple[str, ...] = (),
-               config: C | None = None) -> Run:
+               config: C | None = None, allow_older: bool = False) -> Run:
         """Reopen a run; ``overrides`` (or a whole new ``config``, as a parent recipe that
-        owns this run passes) may change settings such as the total step count."""
+        owns this run passes) may change settings such as the total step count.
+
+        The newest checkpoint must be intact (every file's sha256): a damaged one is a
+        ``CheckpointError`` naming it, what is wrong and the steps an older one would lose.
+        ``allow_older`` (``--resume-from-older``) resumes from the newest intact one instead,
+        says so on stderr and sets the damaged newer ones aside (``step_<N>.damaged``). A run
+        with history (results.json, damaged checkpoints) but no usable checkpoint is refused
+        too: resuming it would start over at step 0 and drop its metrics."""
         path = Path(path)
         if not (path / "config.yaml").exists():
             raise VlarlError(f"{path}: not a run directory (no config.yaml)")
         if config is None:
             config = load_config(config_cls, path / "config.yaml", overrides)
-        ckpt = latest_checkpoint(path / "checkpoints")
-        step = json.loads((ckpt / "meta.json").read_text())["step"] if ckpt else None
-        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes the run
+        main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run (and speaks)
+        root = path / "checkpoints"
+        ckpt = latest_checkpoint(root, allow_older, log=_stderr if main else lambda _msg: None)
+        if ckpt is None:
+            _refuse_without_checkpoint(path)
+        step = checkpoint_step(ckpt) if ckpt else None
+        if main:
+            if ckpt is not None and step is not None:
+                newer = [d for d in checkpoint_dirs(root) if (checkpoint_step(d) or 0) > step]
+                for damaged in newer:  # only damaged ones can be newer than what latest_checkpoint chose
+                    set_aside(damaged)
+                if newer:
+                    atomic_write_text(root / "latest", ckpt.name + "\n")
+            if os.stat(path).st_mode & 0o077:  # a run of an older vlarl: readable by others
+                os.chmod(path, 0o700)
             _truncate_metrics(path / "metrics.jsonl", step)
             save_config(config, path / "config.yaml")
         return cls(path, config, resumed_step=step)
@@ -113,9 +145,9 @@ class Run:
         self,
         step: int,
         modules: Mapping[str, torch.nn.Module],
-        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+        optimizers: Mapping[str, Any] | None = None,
         counters: Mapping[str, Any] | None = None,
-        generators: Mapping[str, np.random.Generator] | None = None,
+        generators: Mapping[str, Generator] | None = None,
     ) -> Path:
         if self._tb is not None:
             self._tb.flush()
@@ -124,10 +156,11 @@ class Run:
     def restore(
         self,
         modules: Mapping[str, torch.nn.Module],
-        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-        generators: Mapping[str, np.random.Generator] | None = None,
+        optimizers: Mapping[str, Any] | None = None,
+        generators: Mapping[str, Generator] | None = None,
     ) -> dict[str, Any] | None:
-        """Load the newest checkpoint in place; ``None`` when there is none yet."""
+        """Load the newest checkpoint in place; ``None`` when there is none yet. (Resuming has
+        checked it, and set aside damaged newer ones when allowed to fall back.)"""
         ckpt = latest_checkpoint(self.path / "checkpoints")
         if ckpt is None:
             return None
@@ -182,6 +215,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _refuse_without_checkpoint(path: Path) -> None:
+    """A resume with no checkpoint to start from is a fresh start: fine for a run that crashed
+    before its first save, refused for one with something a fresh start would overwrite."""
+    root = path / "checkpoints"
+    history = [str(p.relative_to(path)) for p in (path / "results.json", root / "latest") if p.exists()]
+    history += [str(p.relative_to(path)) for p in sorted(root.glob("step_*")) if p.is_dir()] if root.is_dir() else []
+    if history:
+        raise CheckpointError(
+            f"{path}: no checkpoint to resume from, but the run has history ({', '.join(history[:6])}); "
+            "resuming would start over at step 0, dropping its metrics.jsonl rows and overwriting results.json. "
+            "Nothing was changed; restore its checkpoints, or start a new run with another name")
 
 
 def _truncate_metrics(path: Path, step: int | None) -> None:
