@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vlarl.errors import CheckpointError
+from vlarl.fileio import atomic_write_text
 from vlarl.runtime import latest_checkpoint, load_checkpoint
 from vlarl.runtime.config import check_ranges, ranged
 
@@ -71,8 +72,8 @@ def evaluate_run(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
     summary = {"run": str(run), "checkpoint": str(ckpt), "twin": twin.__dict__ if twin else None,
                "mean_success": sum(r["success_rate"] for r in results.values()) / max(len(results), 1),
                "per_task": results}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     title = f"Evaluation of {ckpt}" + (f" on twin {twin}" if twin else "")
-    (out / "results.md").write_text(results_table(results, title))
+    atomic_write_text(out / "results.md", results_table(results, title))
     summary["out"] = str(out)
     return summary

@@ -41,6 +41,7 @@ from vlarl.envs.stage_costs import (
 )
 from vlarl.errors import VlarlError, unknown
 from vlarl.eval.stats import wilson_interval
+from vlarl.fileio import atomic_write_text
 from vlarl.models.groups import set_trainable
 from vlarl.models.policy import PolicyConfig, VLAPolicy
 from vlarl.recipes.sft import SFTConfig, load_sft_policy, stage0
@@ -213,7 +214,7 @@ def _task_costs(cfg: GRAPEConfig, envs: dict[str, str], options: dict[str, dict[
         base, code = generate_costs(cfg.costs, env, instruction, sample)
         if code is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{env.replace('/', '_')}.py").write_text(code)
+            atomic_write_text(out_dir / f"{env.replace('/', '_')}.py", code)
         costs[env] = objective_costs(base, cfg.objective, cfg.keep_out, cfg.safety_weight, cfg.efficiency_weight)
     return costs
 
@@ -244,7 +245,7 @@ def train_grape(cfg: GRAPEConfig | None = None, resume: Run | None = None, progr
     if policy.cfg.chunk != 1:
         raise VlarlError(f"GRAPE scores executed actions one step at a time; {sft_dir} has action chunks of "
                          f"{policy.cfg.chunk}")
-    (run.path / "policy.json").write_text(json.dumps(spec, indent=2))
+    atomic_write_text(run.path / "policy.json", json.dumps(spec, indent=2))
     tasks = {i: t for i, t in spec["tasks"].items() if t.get("env")}  # instruction -> env and options
     by_env = {t["env"]: i for i, t in tasks.items()}
     envs = cfg.tasks or list(by_env)
@@ -309,7 +310,7 @@ def train_grape(cfg: GRAPEConfig | None = None, resume: Run | None = None, progr
     results = summarize(counters["history"], cfg)
     results["wall_seconds"] = counters["wall_seconds"]
     run.write_results(results)
-    (run.path / "results.md").write_text(results_table(results, f"GRAPE, objective {cfg.objective} ({run.path})"))
+    atomic_write_text(run.path / "results.md", results_table(results, f"GRAPE, objective {cfg.objective} ({run.path})"))
     run.close()
     return results
 

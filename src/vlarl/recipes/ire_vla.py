@@ -34,6 +34,7 @@ from vlarl.algos.ppo import ActionDistribution, PPOConfig, gae, ppo_update
 from vlarl.data import EpisodeDataset
 from vlarl.data.episodes import EpisodeRecorder, EpisodeWriter
 from vlarl.errors import VlarlError, unknown
+from vlarl.fileio import atomic_write_text
 from vlarl.models.groups import set_trainable
 from vlarl.models.heads import ValueHead
 from vlarl.models.policy import VLAPolicy
@@ -342,7 +343,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     rng = seed_everything(cfg.seed)
     sft_dir, sft_results = stage0(cfg, run, progress)
     policy, spec = load_sft_policy(sft_dir, device)
-    (run.path / "policy.json").write_text(json.dumps(spec, indent=2))
+    atomic_write_text(run.path / "policy.json", json.dumps(spec, indent=2))
     tasks = {i: t for i, t in spec["tasks"].items() if t.get("env")}  # instruction -> env and options
     by_env = {t["env"]: i for i, t in tasks.items()}
     plan = stage_plan(cfg, list(by_env))
@@ -389,7 +390,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
                              cfg.seed * 1000 + k, device, log, progress)
             entry.update({key: stats[key] for key in ("env_steps", "episodes", "successes", "train_success",
                                                       "d_rl_episodes", "updates", "freeze_check")})
-            (run.path / f"rl_curve_stage{k + 1:02d}.json").write_text(json.dumps(stats["curve"], indent=1))
+            atomic_write_text(run.path / f"rl_curve_stage{k + 1:02d}.json", json.dumps(stats["curve"], indent=1))
             counters["clock"] += stats["env_steps"]
         else:
             d_rl = _d_rl_datasets(run.path, counters["history"])
@@ -426,7 +427,7 @@ def train_ire_vla(cfg: IReVLAConfig | None = None, resume: Run | None = None, pr
     results = summarize(counters, _eval_summary(final), cfg)
     results["videos"] = {e: r["video"] for e, r in final.items() if "video" in r}
     run.write_results(results)
-    (run.path / "results.md").write_text(results_table(results, f"{cfg.mode} ({run.path})"))
+    atomic_write_text(run.path / "results.md", results_table(results, f"{cfg.mode} ({run.path})"))
     run.close()
     return results
 
