@@ -101,8 +101,8 @@ def attack_learner(work: Path) -> dict:
             "eval_every=0", "final_eval_episodes=5", "control_hz=100", "steps=3000", "transport.max_pending=8",
             f"run_dir={run}"]
     log = work / "hil.log"
-    proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     cases: list[dict] = []
     try:
         _wait(lambda: "actor 0 joined" in log.read_text(), 120, "the actor to join")
@@ -183,10 +183,11 @@ def attack_robot(work: Path) -> dict:
     port, secret_file, marker = _free_port(), work / "robot.secret", work / "pwned-robot"
     secret = write_secret_file(secret_file)
     log = work / "robot.log"
-    proc = subprocess.Popen([sys.executable, "-m", "vlarl", "robot", "serve", "--env", "toy/reach", "--port", str(port),
-                             "--secret-file", str(secret_file), "--idle-timeout", "3", "obs_mode=pixels",
-                             "image_size=84"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vlarl", "robot", "serve", "--env", "toy/reach", "--port",
+                                 str(port), "--secret-file", str(secret_file), "--idle-timeout", "3", "obs_mode=pixels",
+                                 "image_size=84"], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     address = ("127.0.0.1", port)
     cases: list[dict] = []
     try:
@@ -282,6 +283,82 @@ def attack_robot(work: Path) -> dict:
     finally:
         proc.kill()
         proc.wait()
+
+
+def attack_run_directory(work: Path) -> list[dict]:
+    """A finished in-process toy HIL-SERL run, then crafted and damaged copies resumed with
+    ``vlarl train hil-serl --resume``: what each does."""
+    import hashlib
+    import shutil
+
+    base = work / "ckpt-base"
+    train = [sys.executable, "-m", "vlarl", "train", "hil-serl", "--env", "toy/reach", "env.obs_mode=state",
+             "relative_frame=false", "demos=2", "sac.ensemble=2", "sac.utd=1", "sac.batch_size=32", "sac.hidden=16",
+             "eval_every=0", "final_eval_episodes=2", "runtime=inprocess", "steps=600", "save_every=200",
+             f"run_dir={base}"]
+    subprocess.run(train, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    marker = work / "pwned-checkpoint"
+    cases = []
+
+    def newest(run: Path) -> Path:
+        return max((run / "checkpoints").glob("step_*"))
+
+    def rehash(ckpt: Path, name: str) -> None:  # an attacker who also edits meta.json
+        meta = json.loads((ckpt / "meta.json").read_text())
+        data = (ckpt / name).read_bytes()
+        entry = meta["files"][name]
+        if isinstance(entry, dict):
+            entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+
+    def flip(path: Path, at: float) -> None:
+        data = bytearray(path.read_bytes())
+        i = int(len(data) * at)
+        data[i:i + 64] = bytes(b ^ 0xFF for b in data[i:i + 64])
+        path.write_bytes(bytes(data))
+
+    def truncate(path: Path) -> None:
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+
+    def crafted_pickle_state(run: Path) -> None:
+        ckpt = newest(run)
+        (ckpt / "state.json").unlink()
+        (ckpt / "state.pt").write_bytes(pickle.dumps({"counters": Exploit(marker)}))
+
+    def pickle_as_weights(run: Path) -> None:
+        ckpt = newest(run)
+        (ckpt / "agent.safetensors").write_bytes(pickle.dumps(Exploit(marker)))
+        rehash(ckpt, "agent.safetensors")
+
+    def damage_every(run: Path) -> None:
+        for ckpt in (run / "checkpoints").glob("step_*"):
+            truncate(ckpt / "agent.safetensors")
+
+    variants = [
+        ("pickle exploit as the state file (old state.pt format)", crafted_pickle_state, []),
+        ("pickle exploit as the weights, meta.json re-hashed to match", pickle_as_weights, []),
+        ("newest checkpoint's weights truncated to half", lambda r: truncate(newest(r) / "agent.safetensors"), []),
+        ("the same, resumed with --resume-from-older", lambda r: truncate(newest(r) / "agent.safetensors"),
+         ["--resume-from-older"]),
+        ("64 bytes flipped in state.json", lambda r: flip(newest(r) / "state.json", 0.5), []),
+        ("64 bytes flipped inside the weights", lambda r: flip(newest(r) / "agent.safetensors", 0.6), []),
+        ("every checkpoint truncated", damage_every, []),
+    ]
+    for name, damage, flags in variants:
+        run = work / f"ckpt-{len(cases)}"
+        shutil.copytree(base, run)
+        damage(run)
+        kept = {f: (run / f).read_bytes() for f in ("metrics.jsonl", "results.json")}
+        proc = subprocess.run([sys.executable, "-m", "vlarl", "train", "hil-serl", "--resume", str(run), *flags,
+                               "steps=800"], capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        said = [line for line in (proc.stderr + proc.stdout).splitlines()
+                if "error" in line.lower() or "falling back" in line.lower() or "damaged" in line.lower()]
+        cases.append({"case": name, "exit_code": proc.returncode, "file_created": marker.exists(),
+                      "history_kept": (all((run / f).read_bytes() == v for f, v in kept.items())
+                                       if proc.returncode else "resumed (rows after the used checkpoint redone)"),
+                      "outcome": (said[0] if said else (proc.stderr or proc.stdout).strip().splitlines()[-1])[:300]})
+    return cases
 
 
 # --- cost beside the old format ---------------------------------------------------------------
@@ -404,6 +481,7 @@ def main() -> int:
         out["learner_attacks"] = attack_learner(work)
         print(json.dumps(out["learner_attacks"], indent=1), flush=True)
         out["robot_attacks"] = attack_robot(work)
+        out["checkpoint_attacks"] = attack_run_directory(work)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "security.json").write_text(json.dumps(out, indent=2, default=str))
     (RESULTS / "security.md").write_text(markdown(out))
@@ -440,9 +518,10 @@ def markdown(out: dict) -> str:
     lines += [f"| {x['attack']} | {x['outcome']} | {x['server_alive']} | {x['legit_client_s']} s | {x['file_created']} |"
               for x in ra["cases"]]
     lines += ["", f"Server alive at the end: {ra['server_alive_at_end']}; refusals logged: {ra['refused_lines']}.", ""]
-    if "checkpoint_attacks" in out:
-        lines += ["## Crafted and damaged run directories", "", "| case | outcome |", "|---|---|"]
-        lines += [f"| {x['case']} | {x['outcome']} |" for x in out["checkpoint_attacks"]]
+    lines += ["## Crafted and damaged run directories (`vlarl train hil-serl --resume`)", "",
+              "| case | exit code | file created | metrics.jsonl, results.json kept | what it said |", "|---|---|---|---|---|"]
+    lines += [f"| {x['case']} | {x['exit_code']} | {x['file_created']} | {x['history_kept']} | "
+              f"{x['outcome'].replace('|', '/')} |" for x in out["checkpoint_attacks"]]
     return "\n".join(lines) + "\n"
 
 
