@@ -349,3 +349,73 @@ def test_new_run_directories_are_private(tmp_path):
     Run.resume(tmp_path / "r", TinyConfig).close()
     assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o700
 
+
+# --- resuming: exactly where it stopped; a finished run does nothing -------------------------
+def _hil_cfg(run_dir, **kw):
+    from vlarl.envs.intervention import SimulatedHumanConfig
+    from vlarl.recipes.collect import EnvConfig
+    from vlarl.recipes.hil_serl import HILSERLConfig, _default_sac
+
+    sac = _default_sac()
+    sac.gripper_critic, sac.hidden, sac.batch_size = False, 32, 64
+    base = dict(env=EnvConfig(name="toy/reach", obs_mode="state"), relative_frame=False, demos=2, sac=sac,
+                sim_human=SimulatedHumanConfig(budget=10, decay_steps=800), eval_every=0, final_eval_episodes=3,
+                video=False, runtime="inprocess", steps=500, save_every=100, run_dir=str(run_dir))
+    base.update(kw)
+    return HILSERLConfig(**base)
+
+
+def _weights(run_dir, module):
+    from safetensors.torch import load_file
+
+    return load_file(str(latest_checkpoint(run_dir / "checkpoints") / f"{module}.safetensors"))
+
+
+def test_resuming_a_finished_run_does_nothing(tmp_path, capsys):
+    from vlarl.algos.sac import SACConfig
+    from vlarl.recipes.collect import EnvConfig
+    from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+    from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
+
+    hil = tmp_path / "hil"
+    results = train_hil_serl(_hil_cfg(hil, steps=120, demos=0, human="none"), progress=False)
+    rlpd = tmp_path / "rlpd"
+    train_rlpd(RLPDConfig(env=EnvConfig(name="toy/reach", obs_mode="state"), steps=60, random_steps=20,
+                          sac=SACConfig(ensemble=2, utd=1, batch_size=16, hidden=16), eval_every=60,
+                          eval_episodes=1, eval_envs=1, run_dir=str(rlpd)), progress=False)
+    for run_dir, train, cfg_cls, unit in ((hil, train_hil_serl, HILSERLConfig, results["env_steps"]),
+                                          (rlpd, train_rlpd, RLPDConfig, 60)):
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        capsys.readouterr()
+        again = train(resume=Run.resume(run_dir, cfg_cls), progress=False)
+        err = capsys.readouterr().err
+        assert f"is finished (at step {unit} of" in err, err
+        assert again == json.loads((run_dir / "results.json").read_text())
+        after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        assert after == before  # no evaluation re-run, no row appended, no checkpoint written
+    assert len(again["evals"]) == 1
+    # a larger step count continues a finished run
+    more = train_rlpd(resume=Run.resume(rlpd, RLPDConfig, ["steps=80"]), progress=False)
+    assert more["steps"] == 80 and more["resumed_from"] == 60
+
+
+def test_resuming_a_finished_sft_run_from_the_command_line_does_nothing(tmp_path, capsys):
+    from vlarl.cli import main
+    from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
+
+    demos = tmp_path / "demos"
+    collect(CollectConfig(env=EnvConfig(name="toy/reach", obs_mode="pixels", image_size=32), episodes=2,
+                          out=str(demos)), progress=False)
+    run_dir = tmp_path / "sft"
+    small = [f"datasets=[{demos}]", "policy.encoder=conv", "policy.dim=16", "policy.layers=1", "batch_size=8",
+             "eval_episodes=1", "eval_envs=1", "video_episodes=0", "save_every=2", f"run_dir={run_dir}"]
+    assert main(["train", "sft", "steps=4", *small]) == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "sft", "--resume", str(run_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "is finished (at step 4 of 4)" in captured.err
+    assert json.loads(captured.out)["steps"] == 4
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert main(["train", "sft", "--resume", str(run_dir), "steps=6"]) == 0  # a larger total continues it
+    assert json.loads((run_dir / "results.json").read_text())["steps"] == 6

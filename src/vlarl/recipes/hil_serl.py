@@ -342,6 +342,9 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     from vlarl.runtime import distributed
 
     cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
+    # a finished run (final evaluation in results.json) is not started again: no actor, no evaluation
+    if resume is not None and (done := resume.finished(cfg.steps, "final_success")) is not None:
+        return done if ctx.is_main else {"follower": True, "rank": ctx.rank}
     cfg.check()
     distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
     run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)

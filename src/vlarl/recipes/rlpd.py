@@ -73,6 +73,8 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
 
     check_ranges(cfg)  # a config built in Python; a resumed one was checked when it was loaded
     cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
+    if resume is not None and (done := resume.finished(cfg.steps)) is not None:
+        return done if ctx.is_main else {"follower": True, "rank": ctx.rank}
     device = ctx.device
     distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
     rng = seed_everything(cfg.seed)

@@ -24,6 +24,7 @@ from vlarl.algos.bc import bc_loss
 from vlarl.data import EpisodeDataset
 from vlarl.data.augment import random_shift
 from vlarl.errors import VlarlError
+from vlarl.fileio import atomic_write_text
 from vlarl.models.policy import PolicyConfig, VLAPolicy
 from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, seed_everything
 from vlarl.runtime.config import check_ranges, ranged
@@ -183,6 +184,8 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
 
     check_ranges(cfg)  # a config built in Python; a resumed one was checked when it was loaded
     cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
+    if resume is not None and (done := resume.finished(cfg.steps)) is not None:
+        return done if ctx.is_main else {"follower": True, "rank": ctx.rank, "steps": done.get("steps")}
     device = ctx.device
     distributed.require_divisible(cfg.batch_size, ctx, "batch_size")
     fsdp = ctx.enabled and cfg.parallel == "fsdp"
@@ -194,7 +197,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     lang_table = lang(data.instructions).to(device)
     policy = VLAPolicy(cfg.policy, data.cameras, data.image_size, data.state_dim, data.action_dim).to(device)
     if ctx.is_main:
-        (run.path / "policy.json").write_text(json.dumps(policy_spec(policy, data), indent=2))
+        atomic_write_text(run.path / "policy.json", json.dumps(policy_spec(policy, data), indent=2))
 
     def make_opt() -> torch.optim.Optimizer:
         return torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
@@ -299,7 +302,7 @@ def train_sft(cfg: SFTConfig | None = None, resume: Run | None = None, progress:
     run.write_results(results)
     from vlarl.eval.evaluate import results_table
 
-    (run.path / "eval.md").write_text(results_table(final, f"SFT policy ({run.path})"))
+    atomic_write_text(run.path / "eval.md", results_table(final, f"SFT policy ({run.path})"))
     from vlarl.eval.plots import plot_training
 
     plot_training(run.path)

@@ -114,6 +114,26 @@ class Run:
             save_config(config, path / "config.yaml")
         return cls(path, config, resumed_step=step)
 
+    def finished(self, total: int, marker: str | None = None) -> dict[str, Any] | None:
+        """For a resumed run that already did its ``total`` steps (its newest checkpoint at
+        ``total`` or past it, and results.json written, holding ``marker`` when given): say so,
+        close the run and return its saved results. ``None`` when there is work left; a larger
+        total (``steps=N``) makes a finished run continue."""
+        results_path = self.path / "results.json"
+        if self.resumed_step is None or self.resumed_step < total or not results_path.exists():
+            return None
+        try:
+            results = json.loads(results_path.read_text())
+        except (OSError, ValueError) as err:
+            raise VlarlError(f"{results_path}: unreadable ({type(err).__name__}: {err})") from None
+        if not isinstance(results, dict) or (marker is not None and marker not in results):
+            return None  # saved along the way, not at the end: the run stopped before finishing
+        if os.environ.get("RANK", "0") == "0":
+            _stderr(f"vlarl: {self.path} is finished (at step {self.resumed_step} of {total}); nothing to do. "
+                    f"To train further, resume with a larger step count (steps=N); its results: {results_path}")
+        self.close()
+        return results
+
     # --- logging ------------------------------------------------------------------------
     @property
     def tb(self):
