@@ -393,7 +393,7 @@ def evaluate(cfg: ASAPConfig, root: Path, variants: list[str]) -> dict[str, Any]
     models: dict[str, tuple[Any, Any]] = {"nominal": (None, None)}
     if (root / "sysid.json").exists():
         models["sysid"] = (TwinConfig(**twin_fields(json.loads((root / "sysid.json").read_text())["twin"])), None)
-    if (root / "dynamics" / "model.pt").exists():
+    if (root / "dynamics" / "model.safetensors").exists():
         models["delta_dynamics"] = (None, load_dynamics(cfg, root, "evaluate"))
     if (root / "delta" / "results.json").exists():
         models["asap"] = (None, delta_fn(load_delta(cfg, root, "evaluate")))
