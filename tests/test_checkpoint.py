@@ -371,6 +371,54 @@ def _weights(run_dir, module):
     return load_file(str(latest_checkpoint(run_dir / "checkpoints") / f"{module}.safetensors"))
 
 
+def test_hil_serl_in_process_resumes_exactly_after_ctrl_c_mid_episode(tmp_path, monkeypatch):
+    import signal
+
+    from vlarl.recipes import hil_serl
+    from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+
+    straight = train_hil_serl(_hil_cfg(tmp_path / "straight"), progress=False)
+    real_step = hil_serl._InProcessActor.step
+    calls = []
+
+    def step(self):
+        real_step(self)
+        calls.append(1)
+        if len(calls) == 230:  # an episode of toy/reach is 30 steps: mid-episode
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(hil_serl._InProcessActor, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train_hil_serl(_hil_cfg(tmp_path / "split"), progress=False)
+    monkeypatch.undo()
+    resume = Run.resume(tmp_path / "split", HILSERLConfig)
+    assert 230 < resume.resumed_step < 300  # it stopped once the episode in progress ended
+    resumed = train_hil_serl(resume=resume, progress=False)
+    for key in ("env_steps", "updates", "num_episodes", "final_success"):
+        assert resumed[key] == straight[key], key
+    a, b = _weights(tmp_path / "straight", "agent"), _weights(tmp_path / "split", "agent")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rlpd_resumes_exactly_from_a_checkpoint_mid_episode(tmp_path):
+    from vlarl.algos.sac import SACConfig
+    from vlarl.recipes.collect import EnvConfig
+    from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
+
+    def cfg(name, steps):
+        return RLPDConfig(env=EnvConfig(name="toy/reach", obs_mode="state"), steps=steps, random_steps=50,
+                          sac=SACConfig(ensemble=2, utd=1, batch_size=32, hidden=16), eval_every=100,
+                          eval_episodes=2, eval_envs=1, save_every=100, run_dir=str(tmp_path / name))
+
+    straight = train_rlpd(cfg("straight", 400), progress=False)
+    train_rlpd(cfg("split", 217), progress=False)  # its last checkpoint 7 steps into an episode
+    resumed = train_rlpd(resume=Run.resume(tmp_path / "split", RLPDConfig, ["steps=400"]), progress=False)
+    assert resumed["resumed_from"] == 217 and resumed["buffer_frames"] == straight["buffer_frames"]
+    assert [e["step"] for e in resumed["evals"]] == [100, 200, 217, 300, 400]  # those before the stop are kept
+    a, b = _weights(tmp_path / "straight", "agent"), _weights(tmp_path / "split", "agent")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resuming_a_finished_run_does_nothing(tmp_path, capsys):
     from vlarl.algos.sac import SACConfig
     from vlarl.recipes.collect import EnvConfig

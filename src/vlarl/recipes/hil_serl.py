@@ -371,11 +371,12 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     if not ctx.is_main:  # a follower: rank 0 serves the actors, holds the buffers and evaluates
         return distributed.follow_updates(run, agent, learner, ctx)
     buffers = Buffers(cfg.buffer_size, state_dim, action_dim, cameras, cfg.seed, cfg.mc_gamma())
-    counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng}) or {}
+    counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng, "gen": gen}) or {}
     distributed.broadcast_module(agent, ctx)
     learner = distributed.shard_learner(learner, ctx)  # under torchrun: each update over every process
     if "buffers" in counters:
         buffers.load_state_dict(counters.pop("buffers"))
+    actor_state = counters.pop("actor", None)  # the in-process actor's episode count and random streams
     c = {"env_steps": 0, "updates": 0, "episodes": 0, "intervened_steps": 0, "demo_success_rate": None,
          "wall_s": 0.0, **counters}  # wall_s: training time of earlier sessions of this run
     if not counters and cfg.demos:
@@ -389,11 +390,15 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         results.update({k: v for k, v in old.items() if k.startswith("offline")})
     t_start = time.perf_counter()
 
+    local: _InProcessActor | None = None
+
     def save() -> None:
         saved = {**c, "wall_s": c["wall_s"] + time.perf_counter() - t_start}
         if cfg.save_buffer:
             saved["buffers"] = buffers.state_dict()
-        run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
+        if local is not None:
+            saved["actor"] = local.state_dict()
+        run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng, "gen": gen})
         run.write_results(results)
 
     cfg.before_online({"run": run, "agent": agent, "learner": learner, "buffers": buffers, "counters": c,
@@ -402,7 +407,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
 
     server = actors = local = None
     if cfg.runtime == "inprocess":
-        local = _InProcessActor(cfg, agent)
+        local = _InProcessActor(cfg, agent, actor_state)
     else:
         if cfg.runtime == "ray" and cfg.transport.host == "127.0.0.1" and cfg.ray_address:
             log("runtime=ray with a cluster: set transport.host=0.0.0.0 so remote actors can connect")
@@ -437,7 +442,9 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     previous_handler = _on_sigint(interrupted.set)
     try:
         while c["env_steps"] < cfg.steps:
-            if interrupted.is_set():
+            # in-process, the stop waits for the episode in progress to end, so the checkpoint is
+            # one an uninterrupted run passes through and a resume continues it exactly
+            if interrupted.is_set() and (local is None or local.between_episodes):
                 raise KeyboardInterrupt
             if local is not None:
                 local.step()
@@ -568,14 +575,45 @@ def _shutdown(server: LearnerServer | None, actors: ActorLauncher | None) -> Non
 class _InProcessActor:
     """Actor and learner in one process, interleaved one env step per loop (debugging, tests)."""
 
-    def __init__(self, cfg: HILSERLConfig, agent: Agent) -> None:
+    def __init__(self, cfg: HILSERLConfig, agent: Agent, state: dict[str, Any] | None = None) -> None:
         self.parts = build_actor(cfg, 0, agent)
         self._out: list[dict[str, Any]] = []
         self.stepper = EnvStepper(self.parts, self._out.append, 0)
         self._t0 = time.perf_counter()
+        self.between_episodes = True  # no step of the current episode taken yet
+        if state is not None:
+            self.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs to go on as if never stopped, saved between episodes (where the
+        learner checkpoints): the episode count (the next reset's seed) and the random streams
+        of the env's intervention devices (the simulated human's tremor)."""
+        return {"episodes": self.stepper.episodes, "rngs": [g.bit_generator.state for g in self._generators()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at episode ``state["episodes"]``; an episode cut short by the stop starts over."""
+        generators = self._generators()
+        if len(generators) == len(state["rngs"]):  # else the run was resumed with other devices
+            for gen, saved in zip(generators, state["rngs"]):
+                gen.bit_generator.state = saved
+        st = self.stepper
+        st.episodes = state["episodes"]
+        st.obs, _ = st.parts.env.reset(seed=st.parts.seed + st.episodes)
+        st.stream.start(st.obs)
+
+    def _generators(self) -> list[np.random.Generator]:
+        out, env = [], self.parts.env
+        while env is not None:  # the wrapper chain, outermost first
+            rng = getattr(getattr(env, "device", None), "rng", None)
+            if isinstance(rng, np.random.Generator):
+                out.append(rng)
+            env = getattr(env, "env", None)
+        return out
 
     def step(self) -> None:
+        episodes = self.stepper.episodes
         self.stepper.step()
+        self.between_episodes = self.stepper.episodes != episodes
 
     def take(self) -> list[dict[str, Any]]:
         out, self._out[:] = list(self._out), []

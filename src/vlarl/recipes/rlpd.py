@@ -97,16 +97,19 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
         else:
             offline = demo_buffer
     ratio = cfg.sac.offline_ratio if offline is not None else 0.0
-    counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng}) or {"step": 0, "episodes": 0}
+    counters = (run.restore({"agent": agent}, learner.optimizers(), {"rng": rng, "gen": gen})
+                or {"step": 0, "episodes": 0})
     distributed.broadcast_module(agent, ctx)
     learner = distributed.shard_learner(learner, ctx)
-    if "buffer" in counters:
-        online.load_state_dict(counters.pop("buffer"))
-    obs, _ = env.reset(seed=cfg.seed + counters["episodes"])
-    online.start_episode(obs)
     step, episodes = counters["step"], counters["episodes"]
     ep_return, ep_len, ep_success = 0.0, 0, False
-    results: dict[str, Any] = {"evals": []}
+    if "buffer" in counters:  # the episode in progress at the checkpoint goes on where it was
+        online.load_state_dict(counters.pop("buffer"))
+        obs, ep_return, ep_len, ep_success = _replay_open_episode(env, cfg.seed + episodes, online, counters["ep_len"])
+    else:
+        obs, _ = env.reset(seed=cfg.seed + episodes)
+        online.start_episode(obs)
+    results: dict[str, Any] = {"evals": counters.pop("evals", [])}  # those before the checkpoint, on resume
     if demos is not None and cfg.skip_bad_episodes:
         results["skipped_episodes"] = {"count": len(demos.skipped), "episodes": demos.skipped}
     bar = tqdm(total=cfg.steps, initial=step, desc=f"rlpd {cfg.env.name}", unit="step", disable=not progress)
@@ -145,10 +148,10 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
                                          "mean_length": r["mean_length"], "mean_return": r["mean_return"]})
                 bar.set_postfix(success=f"{r['success_rate']:.2f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                saved = {"step": step, "episodes": episodes}
+                saved = {"step": step, "episodes": episodes, "evals": results["evals"], "ep_len": ep_len}
                 if cfg.save_buffer:
                     saved["buffer"] = online.state_dict()
-                run.save(step, {"agent": agent}, learner.optimizers(), saved, {"rng": rng})
+                run.save(step, {"agent": agent}, learner.optimizers(), saved, {"rng": rng, "gen": gen})
         if ctx.enabled:  # every process must end with rank 0's weights
             results["replica_gap"] = learner.replica_gap()
     finally:
@@ -170,6 +173,34 @@ def open_demos(path: str, cfg: RLPDConfig, features: dict[str, list[int]]) -> Ep
     data = EpisodeDataset(path)
     data.check_matches(cfg.env.name, features, "demos", "demos_env_check=false", check_env=cfg.demos_env_check)
     return data
+
+
+def _replay_open_episode(env: Any, seed: int, buf: ReplayBuffer, steps: int) -> tuple[dict[str, Any], float, int, bool]:
+    """After a resume: the env is reset with the seed of the episode in progress at the
+    checkpoint and stepped through that episode's first ``steps`` actions from the buffer
+    (nothing added, no random number drawn), so the run goes on exactly as an uninterrupted
+    one would. Returns (obs, return, length, success) so far. An env that does not retrace the
+    buffered states starts the episode over instead, and says so."""
+    def same(obs: dict[str, Any], k: int) -> bool:  # as the buffer stored it (float32)
+        return np.array_equal(np.asarray(obs["state"], buf.state.dtype), buf.state[k % buf.capacity])
+
+    obs, _ = env.reset(seed=seed)
+    total, success = 0.0, False
+    slot = buf.ptr - 1 - steps  # the episode's first frame
+    retraced = same(obs, slot)
+    for i in range(steps if retraced else 0):
+        obs, reward, terminated, truncated, info = env.step(buf.action[(slot + i) % buf.capacity])
+        total, success = total + float(reward), success or bool(info["is_success"])
+        retraced = same(obs, slot + i + 1) and not (terminated or truncated)
+        if not retraced:
+            break
+    if retraced:
+        return obs, total, steps, success
+    print(f"rlpd: the env did not retrace the {steps} steps of the episode in progress at the checkpoint; "
+          "it starts over, so this run no longer matches an uninterrupted one", flush=True)
+    obs, _ = env.reset(seed=seed)
+    buf.start_episode(obs)
+    return obs, 0.0, 0, False
 
 
 def _copy_buffer(src: ReplayBuffer, dst: ReplayBuffer) -> None:
