@@ -43,9 +43,9 @@ class Range:
 
     def refusal(self, key: str, value: Any) -> str:
         """The message for ``value`` outside the range: ``steps must be >= 1, got -5``; with
-        choices, ``human must be one of its choices, got 'x'; valid: sim, none``."""
+        choices, ``human must be one of its choices, got 'x' (valid: sim, none)``."""
         if self.choices is not None:
-            return f"{key} must be one of its choices, got {value!r}; valid: {', '.join(map(str, self.choices))}"
+            return f"{key} must be one of its choices, got {value!r} (valid: {', '.join(map(str, self.choices))})"
         return f"{key} must be {self.describe()}, got {value!r}"
 
     def describe(self) -> str:
