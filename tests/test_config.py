@@ -4,6 +4,7 @@ import pytest
 
 from vlarl.errors import ConfigError
 from vlarl.runtime import load_config, save_config, valid_keys
+from vlarl.runtime.config import Range, check_ranges, range_of, ranged
 
 
 @dataclass
@@ -110,3 +111,51 @@ def test_shipped_recipes_load():
         from vlarl.envs import valid_options
 
         assert set(cfg.env.kwargs()) <= set(valid_options(cfg.env.name)), path
+
+
+@dataclass
+class Bounded:
+    steps: int = ranged(10, ge=1)
+    gamma: float = ranged(0.99, gt=0, le=1)
+    mode: str = ranged("a", choices=("a", "b"))
+    names: list[str] = ranged(default_factory=lambda: ["a"], choices=("a", "b"))  # noqa: RUF009 -- a field
+    limit: int | None = ranged(None, ge=0)
+    inner: Outer = field(default_factory=Outer)
+
+
+@dataclass
+class Nested:
+    bounded: Bounded = field(default_factory=Bounded)
+
+
+def test_declared_ranges_are_checked_at_load_naming_key_value_and_range(tmp_path):
+    assert load_config(Bounded, overrides=["limit=0", "names=[a,b]", "gamma=1"]).limit == 0
+    with pytest.raises(ConfigError) as err:
+        load_config(Nested, overrides=["bounded.steps=0", "bounded.gamma=0", "bounded.mode=c", "bounded.names=[a,z]"])
+    assert str(err.value).split("; ") == [
+        "override 'bounded.steps=0': bounded.steps must be >= 1, got 0",
+        "override 'bounded.gamma=0': bounded.gamma must be in (0, 1], got 0.0",
+        "override 'bounded.mode=c': bounded.mode must be one of its choices, got 'c' (valid: a, b)",
+        "override 'bounded.names=[a,z]': bounded.names entries must be one of its choices, got 'z' (valid: a, b)"]
+    path = tmp_path / "r.yaml"
+    path.write_text("bounded: {limit: -1}\n")
+    with pytest.raises(ConfigError, match=f"^{path}: bounded.limit must be >= 0, got -1$"):
+        load_config(Nested, path)
+
+
+def test_check_ranges_on_configs_built_in_python():
+    assert check_ranges(Bounded()) == Bounded()
+    with pytest.raises(ConfigError, match=r"^sft: steps must be >= 1, got -5$"):
+        check_ranges(Bounded(steps=-5), "sft")
+    with pytest.raises(ConfigError, match=r"^config: twin.gamma must be in \(0, 1\], got nan$"):
+        check_ranges(Bounded(gamma=float("nan")), prefix="twin.")
+    assert check_ranges(None) is None  # a resumed run: checked when it was loaded
+    with pytest.raises(TypeError, match="bounds or choices"):
+        ranged(1, ge=0, choices=(1, 2))
+
+
+def test_range_descriptions():
+    assert [Range(ge=1).describe(), Range(gt=0).describe(), Range(ge=0, lt=1).describe(), Range(le=5).describe(),
+            Range().describe(), Range(choices=("x",)).describe()] == [
+        ">= 1", "> 0", "in [0, 1)", "<= 5", "a number (not NaN)", "one of 'x'"]
+    assert range_of(Bounded, "gamma") == Range(gt=0, le=1) and range_of(Outer, "optim") is None
