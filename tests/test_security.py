@@ -396,3 +396,28 @@ def test_no_module_unpickles_or_loads_torch_pickles():
                         re.MULTILINE)
     hits = [f"{p.relative_to(src)}: {m.group(0).strip()}" for p in src.rglob("*.py") for m in banned.finditer(p.read_text())]
     assert hits == []
+
+
+def test_a_damaged_newest_checkpoint_is_refused_by_name_unless_resumed_from_older(tmp_path, capsys):
+    import json
+
+    from vlarl.cli import main
+
+    run = tmp_path / "run"
+    toy = ["train", "hil-serl", "--env", "toy/reach", "env.obs_mode=state", "relative_frame=false", "demos=2",
+           "sac.ensemble=2", "sac.utd=1", "sac.batch_size=32", "sac.hidden=16", "eval_every=0",
+           "final_eval_episodes=2", "runtime=inprocess", "steps=300", "save_every=100", f"run_dir={run}"]
+    assert main(toy) == 0
+    steps = sorted(int(p.name.split("_")[1]) for p in (run / "checkpoints").glob("step_*"))
+    newest = run / "checkpoints" / f"step_{steps[-1]:09d}" / "agent.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    metrics = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "hil-serl", "--resume", str(run), "steps=400"]) == 2
+    err = capsys.readouterr().err
+    assert "agent.safetensors" in err and "--resume-from-older" in err
+    assert (run / "metrics.jsonl").read_bytes() == metrics  # nothing truncated by a refused resume
+    assert main(["train", "hil-serl", "--resume", str(run), "--resume-from-older", "steps=400"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["resumed_from"] == steps[-2] and results["env_steps"] >= 400
+    assert main(["train", "hil-serl", "--resume-from-older", "steps=400"]) == 2

@@ -151,8 +151,6 @@ def test_every_numeric_config_field_declares_its_range():
     assert len(configs) >= 30 and "vlarl.algos.conrft.BetaSchedule" in configs
     missing = []
     for name, cls in configs.items():
-        if name in ("vlarl.runtime.transport.TransportConfig", "vlarl.runtime.wire.TLSConfig"):
-            continue  # declared by the transport's owners
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kinds = {hints[f.name], *typing.get_args(hints[f.name])}

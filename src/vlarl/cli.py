@@ -30,6 +30,9 @@ def _recipe_args(parser: argparse.ArgumentParser, config_help: str, resume_help:
     """--config, --resume and the dotted overrides every training recipe takes."""
     parser.add_argument("--config", help=config_help)
     parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+    parser.add_argument("--resume-from-older", action="store_true",
+                        help="with --resume: when the newest checkpoint is damaged, continue from the newest intact one "
+                             "(the steps after it are lost; by default a damaged newest checkpoint is refused)")
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
 
 
@@ -172,7 +175,8 @@ def _train(args: argparse.Namespace) -> int:
     flags = [f"{key}={getattr(args, flag)}" for flag, key in (("env", "env.name"), ("demos", "demos"))
              if getattr(args, flag, None)]
     if args.resume:
-        results = train(resume=Run.resume(args.resume, cfg_cls, flags + args.overrides))
+        results = train(resume=Run.resume(args.resume, cfg_cls, flags + args.overrides,
+                                          allow_older=args.resume_from_older))
     else:
         results = train(load_config(cfg_cls, args.config, flags + args.overrides))
     from vlarl.runtime.distributed import shutdown
@@ -204,6 +208,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
+        if getattr(args, "resume_from_older", False) and not args.resume:
+            raise VlarlError("--resume-from-older goes with --resume RUN_DIR")
         return _dispatch(args)
     except VlarlError as err:
         print(f"vlarl: error: {err}", file=sys.stderr)
@@ -221,7 +227,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vlarl.runtime import Run
 
         if args.resume:
-            summary = run_demo(resume=Run.resume(args.resume, DemoConfig, args.overrides))
+            summary = run_demo(resume=Run.resume(args.resume, DemoConfig, args.overrides,
+                                                 allow_older=args.resume_from_older))
         else:
             summary = run_demo(load_config(DemoConfig, args.config, args.overrides))
         print(format_summary(summary))
@@ -249,7 +256,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vlarl.runtime import Run
 
         if args.resume:
-            results = train_sft(resume=Run.resume(args.resume, SFTConfig, args.overrides))
+            results = train_sft(resume=Run.resume(args.resume, SFTConfig, args.overrides,
+                                                  allow_older=args.resume_from_older))
         else:
             results = train_sft(load_config(SFTConfig, args.config, args.overrides))
         print(json.dumps({k: v for k, v in results.items() if k != "per_task"}, indent=2))
