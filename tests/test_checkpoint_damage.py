@@ -204,6 +204,11 @@ def test_a_run_with_history_but_no_checkpoint_is_not_restarted(tmp_path):
     with Run.resume(tmp_path / "early", Cfg) as run:
         assert run.resumed_step is None
     assert (tmp_path / "early" / "metrics.jsonl").read_text() == ""
+    # so does a parent recipe's run that keeps no checkpoints of its own (its stages are sub-runs)
+    with Run.create(tmp_path, "parent", Cfg()) as run:
+        run.write_results({"done": True})
+    with Run.resume(tmp_path / "parent", Cfg) as run:
+        assert run.resumed_step is None
 
 
 def test_a_failed_save_never_leaves_a_damaged_newest(tmp_path, monkeypatch):

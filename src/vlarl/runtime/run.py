@@ -243,10 +243,14 @@ def _stderr(msg: str) -> None:
 
 def _refuse_without_checkpoint(path: Path) -> None:
     """A resume with no checkpoint to start from is a fresh start: fine for a run that crashed
-    before its first save, refused for one with something a fresh start would overwrite."""
+    before its first save, or one that keeps no checkpoints of its own (a recipe whose stages
+    are sub-runs), refused for one whose checkpoints are gone or damaged while its history
+    (results.json, checkpoint directories) would be overwritten."""
     root = path / "checkpoints"
+    if not root.is_dir():
+        return
     history = [str(p.relative_to(path)) for p in (path / "results.json", root / "latest") if p.exists()]
-    history += [str(p.relative_to(path)) for p in sorted(root.glob("step_*")) if p.is_dir()] if root.is_dir() else []
+    history += [str(p.relative_to(path)) for p in sorted(root.glob("step_*")) if p.is_dir()]
     if history:
         raise CheckpointError(
             f"{path}: no checkpoint to resume from, but the run has history ({', '.join(history[:6])}); "
