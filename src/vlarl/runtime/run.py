@@ -88,8 +88,9 @@ class Run:
         ``CheckpointError`` naming it, what is wrong and the steps an older one would lose.
         ``allow_older`` (``--resume-from-older``) resumes from the newest intact one instead,
         says so on stderr and sets the damaged newer ones aside (``step_<N>.damaged``). A run
-        with history (results.json, damaged checkpoints) but no usable checkpoint is refused
-        too: resuming it would start over at step 0 and drop its metrics."""
+        whose checkpoints directory is left with no usable checkpoint but with history
+        (results.json, damaged checkpoints) is refused too: resuming it would start over at
+        step 0 and drop its metrics."""
         path = Path(path)
         if not (path / "config.yaml").exists():
             raise VlarlError(f"{path}: not a run directory (no config.yaml)")
