@@ -357,7 +357,8 @@ def attack_run_directory(work: Path) -> list[dict]:
         cases.append({"case": name, "exit_code": proc.returncode, "file_created": marker.exists(),
                       "history_kept": (all((run / f).read_bytes() == v for f, v in kept.items())
                                        if proc.returncode else "resumed (rows after the used checkpoint redone)"),
-                      "outcome": (said[0] if said else (proc.stderr or proc.stdout).strip().splitlines()[-1])[:300]})
+                      "outcome": (said[0] if said else (proc.stderr or proc.stdout).strip().splitlines()[-1])
+                      .replace(str(run), "RUN")[:300]})
     return cases
 
 
@@ -496,11 +497,11 @@ def markdown(out: dict) -> str:
              "multiprocessing.connection, key in the source)."), "",
              "## Cost, old vs new, interleaved rounds (median over rounds)", "",
              "| measure | old (pickle) | new (wire format) | new / old |", "|---|---|---|---|",
-             (f"| robot bridge round trip per 84 px step, median | {c['bridge_median_ms']['old']:.3f} ms | "
+             (f"| robot bridge round trip per 84 px step, median (lower is better) | {c['bridge_median_ms']['old']:.3f} ms | "
              f"{c['bridge_median_ms']['new']:.3f} ms | {c['bridge_median_ms']['ratio_new_over_old']:.2f} |"),
              (f"| robot bridge p99 | {c['bridge_p99_ms']['old']:.3f} ms | {c['bridge_p99_ms']['new']:.3f} ms | "
              f"{c['bridge_p99_ms']['new'] / c['bridge_p99_ms']['old']:.2f} |"),
-             (f"| transport, 30-step 84 px episodes ({c['episode_mb']:.2f} MB) actor -> learner | "
+             (f"| transport, 30-step 84 px episodes ({c['episode_mb']:.2f} MB) actor -> learner (higher is better) | "
              f"{c['transport_episodes_per_s']['old']:.0f} /s | {c['transport_episodes_per_s']['new']:.0f} /s | "
              f"{c['transport_episodes_per_s']['ratio_new_over_old']:.2f} |"), ""]
     la = out["learner_attacks"]

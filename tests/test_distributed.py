@@ -141,7 +141,9 @@ def test_sft_under_torchrun_ddp_and_fsdp_with_two_processes_end_where_one_proces
     _torchrun(["train", "sft", *[c for c in common if not c.startswith("steps=")], "steps=6", "parallel=fsdp",
                f"run_dir={fsdp}"], tmp_path)
     _torchrun(["train", "sft", "--resume", str(fsdp), "steps=12"], tmp_path)
-    state = torch.load(latest_checkpoint(fsdp / "checkpoints") / "state.pt", weights_only=False)
+    from vlarl.runtime.statefile import load_state
+
+    state = load_state(latest_checkpoint(fsdp / "checkpoints") / "state.json")
     assert any(k.startswith("trunk.blocks.") for k in state["optimizers"]["opt"]["state"])  # Adam moments, by name
     w3 = load_file(latest_checkpoint(fsdp / "checkpoints") / "policy.safetensors")
     assert set(w3) == set(w1)
