@@ -100,12 +100,16 @@ def bridge_latency(steps: int) -> dict:
     from vlarl.envs import make
     from vlarl.runtime.bridge import RemoteEnv
 
+    from vlarl.runtime.secret import write_secret_file
+
     port = _free_port()
+    secret_file = Path(tempfile.mkdtemp()) / "robot.secret"
+    write_secret_file(secret_file)  # before the server starts, so the client has it at once
     server = subprocess.Popen([sys.executable, "-m", "vlarl", "robot", "serve", "--env", "toy/reach", "--port", str(port),
-                               "obs_mode=pixels", "image_size=84"],
+                               "--secret-file", str(secret_file), "obs_mode=pixels", "image_size=84"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        remote = RemoteEnv("127.0.0.1", port, connect_timeout_s=60)
+        remote = RemoteEnv("127.0.0.1", port, secret_file=secret_file, connect_timeout_s=60)
         local = make("toy/reach", obs_mode="pixels", image_size=84)
         rng = np.random.default_rng(0)
         local_times = []

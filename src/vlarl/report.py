@@ -26,6 +26,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("RLDG", ("rldg",)),
     ("ASAP", ("asap",)),
     ("Ecosystem: LeRobot data, robot bridge, data-parallel learners, wheel", ("ecosystem",)),
+    ("Security: attacks on the sockets and run directories, cost of the wire format", ("security",)),
 )
 _COMMAND = re.compile(r"(?:^|`)((?:python|vlarl) [^`\n]+)")
 

@@ -112,11 +112,16 @@ def _hil_serl_demo(run: Run, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
         before = evaluate_policy(hil, _agent_for(hil, env), hil.final_eval_episodes, 20_000 + hil.seed)
         env.close()
         sub = Path(hil.run_dir)
+        already = False
         if (sub / "checkpoints").exists():
-            results = train_hil_serl(resume=Run.resume(sub, HILSERLConfig, config=hil), progress=progress)
+            resumed = Run.resume(sub, HILSERLConfig, config=hil)
+            done = resumed.finished(hil.steps, marker="final_success")  # a rerun of a finished demo trains nothing
+            already = done is not None
+            results = done if done is not None else train_hil_serl(resume=resumed, progress=progress)
         else:
             results = train_hil_serl(hil, progress=progress)
         summary = {
+            "already_trained": already,
             "recipe": "hil-serl", "env": hil.env.name, "obs_mode": hil.env.obs_mode, "demos": hil.demos,
             "env_steps": results["env_steps"], "updates": results["updates"],
             "wall_clock_min": results["wall_clock_min"], "actor_hz": results["actor_hz"],
@@ -134,8 +139,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("recipe") == "hil-serl":
         lo, hi = summary["final_ci95"]
         curve = ", ".join(f"{e['step']}: {e['success']:.2f}" for e in summary["evals"])
-        # A rerun of a finished demo steps no actor: there is no rate to show.
-        hz = f"actor {summary['actor_hz']:.0f} Hz" if summary["actor_hz"] is not None else "already trained"
+        hz = f"actor {summary['actor_hz']:.0f} Hz" if summary["actor_hz"] is not None else "no actor rate"
+        if summary.get("already_trained"):  # a rerun of a finished demo: its figures, nothing trained again
+            hz += "; already trained"
         lines = [(f"vlarl demo: HIL-SERL on {summary['env']} from {summary['obs_mode']}, {summary['demos']} demos, "
                  f"simulated human, {summary['env_steps']} env steps / {summary['updates']} updates in "
                  f"{summary['wall_clock_min']:.1f} min ({hz})"), "",
