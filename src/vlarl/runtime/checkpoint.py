@@ -232,8 +232,8 @@ def _refusal(damaged: list[tuple[Path, str]], older: Path | None) -> str:
         return (f"{head} No intact checkpoint is left under {newest.parent}"
                 + (f" ({rest})" if rest else "") + "; nothing was changed")
     return (f"{head} Falling back to {older.name} (the newest intact one) would lose {_lost(damaged, older)} "
-            f"steps; to do that, resume with {OLDER_FLAG} (Run.resume(..., allow_older=True)); the damaged "
-            "checkpoint is then set aside, not deleted")
+            f"steps; to train on from it, resume with {OLDER_FLAG} (Run.resume(..., allow_older=True)), which "
+            f"sets the damaged checkpoint aside, not deleted; to only use it, name it: {older}")
 
 
 def fallback_message(damaged: list[tuple[Path, str]], used: Path) -> str:
