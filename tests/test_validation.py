@@ -310,3 +310,15 @@ def test_rlpd_skips_and_counts_damaged_demos_only_when_asked(tmp_path, capsys):
     results = json.loads((tmp_path / "r2" / "results.json").read_text())
     assert results["skipped_episodes"]["count"] == 1 and str(victim) in results["skipped_episodes"]["episodes"][0]
     assert "skipped 1 damaged episode(s)" in capsys.readouterr().err
+
+
+def test_a_critic_subset_larger_than_the_ensemble_is_refused(tmp_path, capsys):
+    from vlarl.algos.sac import SACConfig
+
+    run = tmp_path / "run"
+    assert main(["train", "rlpd", "--env", "toy/reach", "sac.ensemble=2", "sac.subset=3", f"run_dir={run}"]) == 2
+    assert "sac.subset (Z=3) must be at most sac.ensemble (E=2)" in capsys.readouterr().err
+    assert not run.exists()
+    assert SACConfig(ensemble=3, subset=3).subset == 3
+    with pytest.raises(ConfigError, match="at most sac.ensemble"):
+        SACConfig(ensemble=2, subset=5)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlarl.data.augment import random_shift
-from vlarl.errors import VlarlError
+from vlarl.errors import ConfigError, VlarlError
 from vlarl.models.encoders import make_encoder
 from vlarl.models.heads import CriticHead, TanhGaussianHead, mlp
 from vlarl.models.policy import ENCODERS
@@ -75,6 +75,11 @@ class SACConfig:
     critic_dtype: str = ranged("float32", choices=tuple(CRITIC_DTYPES))
     gripper_critic: bool = False  # last action dim: a DQN over {-1, 0, +1} instead of the actor
     gripper_epsilon: float = ranged(0.0, ge=0, le=1)  # random gripper command while exploring (not when deterministic)
+
+    def __post_init__(self) -> None:
+        if self.subset > self.ensemble:  # otherwise the min would silently be over all E
+            raise ConfigError(f"sac.subset (Z={self.subset}) must be at most sac.ensemble (E={self.ensemble}): "
+                              "the target is the min over Z distinct critics of the E")
 
 
 GRIPPER_COMMANDS = (-1.0, 0.0, 1.0)  # open, stay, close
