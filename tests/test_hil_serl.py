@@ -177,6 +177,17 @@ def test_reward_classifier_trains_and_reports_held_out_precision_recall(tmp_path
     probs = [model.success_prob({"top": img}) for img in ep["observation.images.top"]]
     labels = np.concatenate([[False], ep["is_success"]])
     assert np.mean((np.array(probs) >= 0.5) == labels) > 0.75
+    from vlarl.envs import make
+    from vlarl.recipes.reward_classifier import check_fits
+
+    for size, fits in ((64, True), (84, False)):  # a classifier only judges the images it was trained on
+        probe = make("toy/reach", obs_mode="pixels", image_size=size)
+        if fits:
+            check_fits(model, probe, "hil-serl")
+        else:
+            with pytest.raises(VlarlError, match=r"trained on cameras \['top'\] at 64 px"):
+                check_fits(model, probe, "hil-serl")
+        probe.close()
     with pytest.raises(VlarlError, match="no images"):
         collect(CollectConfig(env=EnvConfig(name="toy/reach", obs_mode="state"), episodes=1,
                               out=str(tmp_path / "s")), progress=False)

@@ -20,7 +20,7 @@ class RewardClassifier(nn.Module):
     def __init__(self, cameras: Sequence[str], image_size: int, encoder: str = "efficientnet-lite0",
                  channels: int = 16, hidden: int = 256, dropout: float = 0.2) -> None:
         super().__init__()
-        self.cameras = list(cameras)
+        self.cameras, self.image_size = list(cameras), int(image_size)
         self.encoder = make_encoder(encoder, frozen=True)
         with torch.no_grad():
             n_tokens = self.encoder(torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8)).shape[1]

@@ -164,11 +164,12 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
     if device is not None:
         env = InterventionWrapper(env, device)
     if use_classifier:
-        from vlarl.recipes.reward_classifier import load_reward_classifier
+        from vlarl.recipes.reward_classifier import check_fits, load_reward_classifier
 
         if not cfg.classifier:
             raise VlarlError("reward: classifier needs classifier: the run directory of a trained reward classifier")
         classifier = load_reward_classifier(cfg.classifier)
+        check_fits(classifier, env, f"{cfg.name}: classifier={cfg.classifier}")
         classifier.encoder.shared_tokens = True  # the policy's frozen encoder reuses these tokens
         env = ClassifierReward(env, classifier.success_prob, cfg.classifier_threshold,
                                confirm_steps=cfg.classifier_confirm_steps)

@@ -163,3 +163,14 @@ def load_reward_classifier(run_dir: str | Path) -> RewardClassifier:
     model = RewardClassifier(cfg.cameras, cfg.image_size, cfg.encoder)
     load_checkpoint(ckpt, {"classifier": model})
     return model.eval()
+
+
+def check_fits(classifier: RewardClassifier, env: Any, where: str) -> None:
+    """Refuse a classifier trained on cameras or an image size the env does not give."""
+    pixels = getattr(env.observation_space, "spaces", {}).get("pixels")
+    have = {c: tuple(s.shape) for c, s in pixels.spaces.items()} if pixels is not None else {}
+    want = (classifier.image_size, classifier.image_size, 3)
+    if any(have.get(c) != want for c in classifier.cameras):
+        raise VlarlError(f"{where}: the reward classifier was trained on cameras {classifier.cameras} at "
+                         f"{classifier.image_size} px; this env gives {have or 'no images'} (set env.cameras and "
+                         "env.image_size to match, or train a classifier on this env's images)")
