@@ -6,7 +6,7 @@
     runs/<name>/checkpoints/     atomic checkpoints (see checkpoint.py)
     runs/<name>/results.json     final figures
 
-``Run.create`` starts a run (its directory readable by its owner only: learner.json holds the
+``Run.create`` starts a run (its directory readable by its owner only: RUN/secret holds the
 actors' key), ``Run.resume`` reopens one: the config is read back, scalars logged after the
 last checkpoint are dropped (they will be logged again), and ``restore`` loads weights,
 optimisers, RNG and counters. A resume never starts over in silence: a damaged newest
@@ -48,10 +48,12 @@ WANDB_ENV = "VLARL_WANDB_PROJECT"  # set to a project name to log every run to W
 
 
 class Run:
-    def __init__(self, path: Path, config: Any, resumed_step: int | None = None) -> None:
+    def __init__(self, path: Path, config: Any, resumed_step: int | None = None,
+                 checkpoint: Path | None = None) -> None:
         self.path = path
         self.config = config
         self.resumed_step = resumed_step
+        self._checkpoint = checkpoint  # the one resume chose and verified, until a newer one is saved
         self._tb = None
         self._metrics = open(path / "metrics.jsonl", "a")  # noqa: SIM115 -- open for the run's life
         self._wandb = _start_wandb(path, config) if os.environ.get(WANDB_ENV) else None
@@ -63,7 +65,7 @@ class Run:
         if (path / "checkpoints").exists() and not exist_ok:
             raise VlarlError(f"{path}: a run already exists here; use --resume {path} or another name")
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)  # config, learner.json (the actors' key) and actor files: the owner's only
+        os.chmod(path, 0o700)  # config, secret (the actors' key), learner.json and actor files: the owner's only
         save_config(config, path / "config.yaml")
         return cls(path, config)
 
@@ -98,7 +100,7 @@ class Run:
             config = load_config(config_cls, path / "config.yaml", overrides)
         main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run (and speaks)
         root = path / "checkpoints"
-        ckpt = latest_checkpoint(root, allow_older, log=_stderr if main else lambda _msg: None)
+        ckpt = latest_checkpoint(root, allow_older, log=None if main else lambda _msg: None)  # None: stderr
         if ckpt is None:
             _refuse_without_checkpoint(path)
         step = checkpoint_step(ckpt) if ckpt else None
@@ -113,7 +115,7 @@ class Run:
                 os.chmod(path, 0o700)
             _truncate_metrics(path / "metrics.jsonl", step)
             save_config(config, path / "config.yaml")
-        return cls(path, config, resumed_step=step)
+        return cls(path, config, resumed_step=step, checkpoint=ckpt)
 
     def finished(self, total: int, marker: str | None = None) -> dict[str, Any] | None:
         """For a resumed run that already did its ``total`` steps (its newest checkpoint at
@@ -130,8 +132,9 @@ class Run:
         if not isinstance(results, dict) or (marker is not None and marker not in results):
             return None  # saved along the way, not at the end: the run stopped before finishing
         if os.environ.get("RANK", "0") == "0":
-            _stderr(f"vlarl: {self.path} is finished (at step {self.resumed_step} of {total}); nothing to do. "
-                    f"To train further, resume with a larger step count (steps=N); its results: {results_path}")
+            print(f"vlarl: {self.path} is finished (at step {self.resumed_step} of {total}); nothing to do. "
+                    f"To train further, resume with a larger step count (steps=N); its results: {results_path}",
+                  file=sys.stderr, flush=True)
         self.close()
         return results
 
@@ -172,6 +175,7 @@ class Run:
     ) -> Path:
         if self._tb is not None:
             self._tb.flush()
+        self._checkpoint = None  # the newest is now this one
         return save_checkpoint(self.path / "checkpoints", step, modules, optimizers, counters, generators)
 
     def restore(
@@ -180,9 +184,10 @@ class Run:
         optimizers: Mapping[str, Any] | None = None,
         generators: Mapping[str, Generator] | None = None,
     ) -> dict[str, Any] | None:
-        """Load the newest checkpoint in place; ``None`` when there is none yet. (Resuming has
-        checked it, and set aside damaged newer ones when allowed to fall back.)"""
-        ckpt = latest_checkpoint(self.path / "checkpoints")
+        """Load the newest checkpoint in place; ``None`` when there is none yet. After a resume
+        that is the checkpoint it chose (damaged newer ones set aside when allowed to fall
+        back), not looked up and hashed again; loading verifies it."""
+        ckpt = self._checkpoint or latest_checkpoint(self.path / "checkpoints")
         if ckpt is None:
             return None
         return load_checkpoint(ckpt, modules, optimizers, generators)
@@ -236,10 +241,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _refuse_without_checkpoint(path: Path) -> None:
