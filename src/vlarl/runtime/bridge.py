@@ -139,9 +139,14 @@ class RobotServer:
         self.holder: str | None = None
         self._holder_sock: socket.socket | None = None
         self._acceptor = wire.Acceptor(self.listener, self._session, max_pending, self._evicted, "vlarl-robot-client")
-        self._closing = threading.Event()
+        self._closing = self._acceptor.closing  # set by close()
+        self.refusals = wire.ThrottledLog(lambda msg: log(f"robot: {msg}"))
         self.sessions = 0  # clients that drove the robot and left
-        self.refused = 0
+
+    @property
+    def refused(self) -> int:
+        """Connections and requests refused so far."""
+        return self.refusals.count
 
     def serve_forever(self, max_clients: int | None = None) -> None:
         """Accept until ``close()`` (or ``max_clients`` sessions have ended); handshakes and
@@ -152,22 +157,13 @@ class RobotServer:
             self.close()
 
     def _evicted(self) -> None:
-        self._refuse_log("too many connections still handshaking: dropped the oldest")
-
-    def _refuse_log(self, msg: str) -> None:
-        self.refused += 1
-        if self.refused <= 20 or self.refused % 100 == 0:
-            self.log(f"robot: {msg}" + (f" ({self.refused} refused so far)" if self.refused > 20 else ""))
+        self.refusals("too many connections still handshaking: dropped the oldest")
 
     def _session(self, raw: socket.socket, peer: str) -> None:
         try:
             sock = wire.accept_peer(raw, self.secret, self.handshake_timeout_s, self._tls)
-        except (WireError, OSError) as err:
-            self._refuse_log(f"refused {peer}: {type(err).__name__}: {err}")
-            wire.close_quietly(raw)
-            return
         except Exception as err:  # noqa: BLE001 - whatever a client does, the server keeps serving
-            self._refuse_log(f"refused {peer}: {type(err).__name__}: {err}")
+            self.refusals(f"refused {peer}: {type(err).__name__}: {err}")
             wire.close_quietly(raw)
             return
         finally:
@@ -204,7 +200,7 @@ class RobotServer:
                 self.log(f"robot: client {peer} gone")
                 return
             except WireError as err:
-                self._refuse_log(f"refused a request from {peer} ({err}); connection closed")
+                self.refusals(f"refused a request from {peer} ({err}); connection closed")
                 self._reply(sock, "refused", {"message": str(err)})
                 return
             if msg.kind == "close":
@@ -265,7 +261,6 @@ class RobotServer:
     def close(self) -> None:
         if self._closing.is_set():
             return
-        self._closing.set()
         self._acceptor.close()
         wire.close_quietly(self._holder_sock)
         with self._robot:  # the session in progress ends before the env closes
@@ -306,8 +301,6 @@ class RemoteEnv(gym.Env):
             sock = None
             try:
                 sock = wire.connect(self.address, self._secret, self.timeout_s, self.tls)
-                if not wire.readable(sock, self.timeout_s):
-                    raise TimeoutError("no answer after the handshake")
                 msg = wire.recv(sock, {"ready": 0, "busy": 0}, self.timeout_s)
                 if msg.kind == "ready":
                     self._sock = sock

@@ -203,7 +203,7 @@ def _to_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
     """Weights payload -> sendable data: tensors that numpy cannot hold go as float32."""
     out = dict(payload)
     if out.get("state_dict") is not None:
-        out["state_dict"] = {k: (v.float() if _wire_dtype(v) != str(v.dtype).removeprefix("torch.") else v)
+        out["state_dict"] = {k: v.float() if str(v.dtype) == "torch.bfloat16" else v
                              for k, v in out["state_dict"].items()}
     return out
 
@@ -229,51 +229,32 @@ def _from_wire(payload: Any, spec: Mapping[str, tuple[str, tuple[int, ...]]] | N
     return payload
 
 
-class _Throttled:
-    """Logs the first ``burst`` lines, then one in ``every``: a flood of bad peers must not
-    flood the log too."""
-
-    def __init__(self, log: Callable[[str], None], burst: int = 20, every: int = 100) -> None:
-        self.log, self.burst, self.every, self.count = log, burst, every, 0
-        self._lock = threading.Lock()
-
-    def __call__(self, msg: str) -> None:
-        with self._lock:
-            self.count += 1
-            n = self.count
-        if n <= self.burst or n % self.every == 0:
-            self.log(msg if n <= self.burst else f"{msg} ({n} refused connections so far)")
-
-
 # --- learner side ---------------------------------------------------------------------------
 class LearnerServer:
     """Accepts actors, collects their episodes into one bounded inbox, pushes weights.
 
     ``inbox`` holds ``(actor_id, payload)`` episodes; ``log`` gets human-readable lines
     (joins, losses, timeouts, refused peers with their address). Weights are kept as "latest
-    only" per actor: a slow actor skips versions instead of queueing them. Without an
-    ``episode_spec`` episodes are still checked for form but not against an env.
+    only" per actor: a slow actor skips versions instead of queueing them. Every episode is
+    checked against ``episode_spec`` before it reaches the inbox.
     """
 
-    def __init__(self, cfg: TransportConfig, run_dir: str | Path, secret: bytes,
-                 episode_spec: EpisodeSpec | None = None, max_actors: int | None = None,
+    def __init__(self, cfg: TransportConfig, run_dir: str | Path, secret: bytes, episode_spec: EpisodeSpec,
+                 max_actors: int | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.cfg, self.log, self.secret = cfg, log, secret
         self.episode_spec, self.max_actors = episode_spec, max_actors
-        self.refusals = _Throttled(log)
+        self.refusals = wire.ThrottledLog(log)  # unauthenticated peers may flood; an authenticated one is logged in full
+        self.refused = 0  # connections and messages refused, for tests and reports
         self.inbox = BoundedQueue(cfg.queue_episodes)
         self.actor_stats: dict[int, dict[str, Any]] = {}
-        self.refused = 0  # connections and messages refused, for tests and reports
         self._weights: tuple[int, Any] | None = None
         self._weights_cv = threading.Condition()
-        self._closing = threading.Event()
         self._conns: dict[int, socket.socket] = {}
         self._lock = threading.Lock()
         self._stopping = False
         self._tls = wire.server_tls(cfg.tls)
-        episode_limit = episode_spec.max_bytes() if episode_spec else 1 << 30
-        if cfg.max_message_mb > 0:
-            episode_limit = int(cfg.max_message_mb * 2**20)
+        episode_limit = int(cfg.max_message_mb * 2**20) if cfg.max_message_mb > 0 else episode_spec.max_bytes()
         self.limits = {"episode": episode_limit, "stats": 0}
         port = cfg.port
         if port == 0 and (prev := read_address(run_dir)) is not None:
@@ -289,11 +270,13 @@ class LearnerServer:
         atomic_write_text(address_file(run_dir), json.dumps({"host": self.host, "port": self.port,
                                                              "pid": os.getpid()}))
         self._acceptor = wire.Acceptor(self._listener, self._serve, cfg.max_pending, self._evicted, "vlarl-actor-conn")
+        self._closing = self._acceptor.closing  # set by close(): every thread of this server ends
         threading.Thread(target=self._acceptor.run, name="vlarl-accept", daemon=True).start()
 
     @property
     def connected(self) -> list[int]:
         return sorted(self._conns)
+
 
     def publish(self, version: int, payload: Mapping[str, Any]) -> None:
         """Make new weights the latest; every connected actor gets them soon after.
@@ -309,10 +292,9 @@ class LearnerServer:
             self._weights_cv.notify_all()
 
     def close(self) -> None:
-        self._closing.set()
+        self._acceptor.close()
         with self._weights_cv:
             self._weights_cv.notify_all()
-        self._acceptor.close()
         with self._lock:
             socks = list(self._conns.values())
         for sock in socks:
@@ -337,8 +319,6 @@ class LearnerServer:
         """Handshake and hello within the deadline; the authenticated socket and actor id."""
         try:
             sock = wire.accept_peer(sock, self.secret, self.cfg.handshake_timeout_s, self._tls)
-            if not wire.readable(sock, self.cfg.handshake_timeout_s):
-                raise WireError("no hello")
             hello = wire.recv(sock, {"hello": 0}, self.cfg.handshake_timeout_s).body
             if not (isinstance(hello, dict) and isinstance(hello.get("actor"), int)
                     and not isinstance(hello["actor"], bool) and isinstance(hello.get("pid"), int)):
@@ -379,7 +359,7 @@ class LearnerServer:
                     msg = wire.recv(sock, self.limits, self.cfg.timeout_s)
                     last_heard = time.monotonic()
                     if msg.kind == "episode":
-                        episode = validate_episode(msg.body, self.episode_spec) if self.episode_spec else msg.body
+                        episode = validate_episode(msg.body, self.episode_spec)
                         self.inbox.put((actor, {"actor": actor, **episode}))
                     else:
                         self.actor_stats[actor] = {**validate_stats(msg.body), "received": time.time()}

@@ -400,6 +400,22 @@ def close_quietly(sock: socket.socket | None) -> None:
         pass
 
 
+class ThrottledLog:
+    """Logs the first ``burst`` lines, then one in ``every``, each later one with the count: a
+    flood of bad peers must not flood the log too. ``count`` is how many were reported."""
+
+    def __init__(self, log: Callable[[str], None], burst: int = 20, every: int = 100) -> None:
+        self.log, self.burst, self.every, self.count = log, burst, every, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, msg: str) -> None:
+        with self._lock:
+            self.count += 1
+            n = self.count
+        if n <= self.burst or n % self.every == 0:
+            self.log(msg if n <= self.burst else f"{msg} ({n} refused so far)")
+
+
 class Acceptor:
     """The accept loop of both servers. It only accepts: each connection goes to
     ``handle(sock, peer)`` on a thread of its own, which calls ``admitted(sock)`` once its
