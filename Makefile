@@ -8,7 +8,7 @@ export MUJOCO_GL ?= egl
 # Software rendering would otherwise spread one env over every core.
 export LP_NUM_THREADS ?= 1
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-slow setup clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The learning tests (a policy trained to a success threshold): CI runs them after make test.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs

@@ -177,6 +177,7 @@ def _toy(run_dir, *extra: str):
         f"run_dir={run_dir}", *extra])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tiny_offline_then_online_run_improves(tmp_path):
     """Weak demos-only start (3 demos, 150 offline updates) -> the online stage raises success

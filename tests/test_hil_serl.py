@@ -207,6 +207,7 @@ def _toy_cfg(tmp_path, **kw):
     return HILSERLConfig(**base)
 
 
+@pytest.mark.slow
 def test_hil_serl_in_process_learns_the_toy_task(tmp_path):
     from vlarl.algos.sac import SACAgent
     from vlarl.recipes.hil_serl import evaluate_policy, train_hil_serl

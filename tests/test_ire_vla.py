@@ -52,6 +52,7 @@ def _cfg(demos: str, run_dir, **kw) -> IReVLAConfig:
     return IReVLAConfig(**base)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # about a minute alone; slower beside other jobs
 def test_one_iteration_raises_success_on_toy(toy_demos, toy_sft, tmp_path):
     run_dir = tmp_path / "run"

@@ -166,6 +166,7 @@ def test_compiled_critic_loss_matches_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("critic_dtype", ["float32", "bfloat16"])
 def test_sac_learns_the_toy_task(tmp_path, critic_dtype):
     from vlarl.recipes.collect import EnvConfig

@@ -45,6 +45,7 @@ def test_random_shift_moves_content_within_pad():
         assert abs(r - 8) <= 2 and abs(c - 8) <= 2
 
 
+@pytest.mark.slow
 def test_sft_learns_the_toy_task(toy_demos, tmp_path):
     cfg = SFTConfig(datasets=[toy_demos], policy=PolicyConfig(encoder="conv", dim=64, layers=1), steps=600,
                     batch_size=64, lr=1e-3, eval_episodes=20, eval_envs=1, save_every=300, log_every=100,
