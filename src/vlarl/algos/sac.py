@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlarl.data.augment import random_shift
+from vlarl.data.augment import random_grid_shift, random_shift
 from vlarl.errors import ConfigError, VlarlError
-from vlarl.models.encoders import make_encoder
+from vlarl.models.encoders import FrameEncoder, channel_maps, make_encoder
 from vlarl.models.heads import CriticHead, TanhGaussianHead, mlp
 from vlarl.models.policy import ENCODERS
 from vlarl.ranges import ranged
@@ -69,7 +69,19 @@ class SACConfig:
     backup_entropy: bool = True
     encoder: str = ranged("conv", choices=ENCODERS)  # for pixel observations: "conv" or "efficientnet-lite0"
     feature_dim: int = ranged(50, ge=1)  # pixel features after the encoder's projection
-    augment: bool = True  # random shift of pixel observations
+    augment: bool = True  # random shift of pixel observations (of the feature grid, for cached features)
+    # A frozen encoder's output for a frame never changes, so each frame is encoded once (on the
+    # actor, which encodes it to act anyway) and its tokens are stored in the replay instead of
+    # being recomputed for every minibatch; the learner runs only the trainable layers.
+    cache_features: bool = True
+    # Learned spatial embeddings over the token grid (HIL-SERL's bottleneck over a frozen
+    # ResNet): ``spatial_kernels`` learned maps per channel, each summing the grid to one value;
+    # 0: today's flatten + linear projection of every token.
+    spatial_kernels: int = ranged(0, ge=0)
+    feature_shift: int = ranged(1, ge=0)  # cells of random shift on a cached feature grid (with augment)
+    # average-pool the encoder's grid by this factor per side before anything reads it (2: the
+    # 8 x 8 stride-16 grid of a 128 px frame becomes 4 x 4, HIL-SERL's ResNet-10 grid; 4x fewer bytes)
+    feature_pool: int = ranged(1, ge=1)
     compile: bool = False  # torch.compile the critic loss (fused kernels; on CPU it needs a C++ compiler)
     # "bfloat16": critics' hidden products and pixel convolutions in bfloat16
     critic_dtype: str = ranged("float32", choices=tuple(CRITIC_DTYPES))
@@ -90,25 +102,84 @@ def gripper_index(command: torch.Tensor) -> torch.Tensor:
     return (command.round().clamp(-1, 1) + 1).long()
 
 
+def feature_maps(tokens: torch.Tensor) -> torch.Tensor:
+    """Cached tokens (B, C, N), any float dtype -> contiguous float32 channel maps (C, B, N)."""
+    return tokens.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+
+
+class SpatialEmbedding(nn.Module):
+    """Channel maps (C, B, N) -> (B, C * K): K learned maps over the N grid cells for each
+    channel, each one a weighted sum of that channel over the grid (HIL-SERL's spatial learned
+    embeddings)."""
+
+    def __init__(self, channels: int, cells: int, kernels: int) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(channels, cells, kernels) / cells ** 0.5)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(maps, self.kernel).transpose(0, 1).flatten(1)  # one product per channel
+
+
 class PixelFeatures(nn.Module):
-    """Encoder tokens -> LayerNorm(Linear) -> tanh, as DrQ-v2 projects conv features."""
+    """Camera frames, or their cached tokens, -> a feature vector.
+
+    Tokens are channel maps, (channels, cells) a frame: the layout the replay stores (a
+    frame's tokens from ``FrameEncoder``) and the one the spatial embedding multiplies, so a
+    minibatch is converted to float32 (C, B, N) once, in row-sized copies, and shared by every
+    head that reads it. ``tokens`` runs the encoder (or takes the cached tokens of a frozen
+    one, ``obs["features"]``); ``head`` is the trainable part: per camera a spatial embedding
+    (``spatial_kernels``) or a flatten, then Linear -> LayerNorm -> tanh over all cameras, as
+    DrQ-v2 projects conv features.
+    """
 
     def __init__(self, encoder: str, cameras: dict[str, tuple[int, int, int]], feature_dim: int,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, spatial_kernels: int = 0, cache: bool = True,
+                 pool: int = 1) -> None:
         super().__init__()
-        self.cameras, self.dtype = list(cameras), dtype
+        self.cameras, self.dtype, self.pool = list(cameras), dtype, pool
         self.encoder = make_encoder(encoder, frozen=True)
         size = next(iter(cameras.values()))[0]
         with torch.no_grad():
-            n = self.encoder(torch.zeros(1, size, size, 3, dtype=torch.uint8)).flatten(1).shape[1]
-        self.proj = nn.Sequential(nn.Linear(n * len(cameras), feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+            probe = self.encoder(torch.zeros(1, size, size, 3, dtype=torch.uint8))
+            channels, cells = channel_maps(probe, pool).shape[1:]
+        self.token_shape = (int(channels), int(cells))
+        # the encoder is frozen and its tokens may be stored: actors and buffers then carry tokens
+        self.caches = cache and bool(self.encoder.frozen)
+        self.spatial = nn.ModuleDict({c: SpatialEmbedding(channels, cells, spatial_kernels) for c in self.cameras}) \
+            if spatial_kernels else None
+        per_camera = channels * spatial_kernels if spatial_kernels else cells * channels
+        self.proj = nn.Sequential(nn.Linear(per_camera * len(cameras), feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
-    def forward(self, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def frame_encoder(self) -> FrameEncoder | None:
+        """What turns frames into the tokens this head reads (None: the encoder trains, nothing to cache)."""
+        return FrameEncoder(self.encoder, self.cameras, self.token_shape, self.pool) if self.caches else None
+
+    def token_shapes(self) -> dict[str, tuple[int, int]]:
+        """Camera -> (channels, cells) of the tokens a frame becomes."""
+        return {c: self.token_shape for c in self.cameras}
+
+    def tokens(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Camera -> float32 channel maps (C, B, N): from the cached tokens (B, C, N) when ``obs``
+        has them, else from the encoder run now."""
+        if "maps" in obs:  # a minibatch's tokens, laid out once by ``to_torch``
+            return obs["maps"]
+        if "features" in obs:
+            return {c: feature_maps(obs["features"][c]) for c in self.cameras}
+        pixels = obs["pixels"]
         device = next(iter(pixels.values())).device.type
         # bfloat16: the encoder's convolutions under autocast; the projection and LayerNorm in fp32
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            tokens = [self.encoder(pixels[c]).flatten(1) for c in self.cameras]
-        return self.proj(torch.cat(tokens, dim=1).float())
+            return {c: feature_maps(channel_maps(self.encoder(pixels[c]), self.pool)) for c in self.cameras}
+
+    def head(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.spatial is not None:
+            parts = [self.spatial[c](tokens[c]) for c in self.cameras]
+        else:
+            parts = [tokens[c].transpose(0, 1).flatten(1) for c in self.cameras]
+        return self.proj(torch.cat(parts, dim=1))
+
+    def forward(self, obs: dict[str, Any]) -> torch.Tensor:
+        return self.head(self.tokens(obs))
 
 
 class Critic(nn.Module):
@@ -117,7 +188,8 @@ class Critic(nn.Module):
         if cfg.critic_dtype not in CRITIC_DTYPES:
             raise VlarlError(f"sac.critic_dtype must be one of {list(CRITIC_DTYPES)}, got {cfg.critic_dtype!r}")
         dtype = CRITIC_DTYPES[cfg.critic_dtype]
-        self.pixels = PixelFeatures(cfg.encoder, cameras, cfg.feature_dim, dtype) if cameras else None
+        self.pixels = (PixelFeatures(cfg.encoder, cameras, cfg.feature_dim, dtype, cfg.spatial_kernels,
+                                     cfg.cache_features, cfg.feature_pool) if cameras else None)
         self.feature_dim = state_dim + (cfg.feature_dim if cameras else 0)
         self.continuous_dim = action_dim - 1 if cfg.gripper_critic else action_dim
         self.q = CriticHead(self.feature_dim, self.continuous_dim, cfg.ensemble, cfg.hidden, cfg.layers,
@@ -125,10 +197,12 @@ class Critic(nn.Module):
         self.gripper = (mlp(self.feature_dim, len(GRIPPER_COMMANDS), cfg.hidden, cfg.layers, layer_norm=True)
                         if cfg.gripper_critic else None)
 
-    def features(self, obs: dict[str, Any]) -> torch.Tensor:
+    def features(self, obs: dict[str, Any], tokens: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """State (+ pixel features); ``tokens``: the encoder's output for ``obs``, when already computed."""
         if self.pixels is None:
             return obs["state"]
-        return torch.cat([obs["state"], self.pixels(obs["pixels"])], dim=-1)
+        pixels = self.pixels.head(tokens) if tokens is not None else self.pixels(obs)
+        return torch.cat([obs["state"], pixels], dim=-1)
 
     def forward(self, features: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         return self.q(features, action, members)  # (E, B), or (len(members), B)
@@ -187,8 +261,13 @@ class SACAgent(nn.Module):
 # --- the losses ---------------------------------------------------------------------------
 @torch.no_grad()
 def next_features(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of s' under the online critic's encoder (for the actor) and the target's."""
-    return agent.critic.features(batch["next_obs"]), agent.target_critic.features(batch["next_obs"])
+    """Features of s' under the online critic (for the actor) and the target critic. A frozen
+    encoder's tokens are computed (or read from the cache) once and go through both heads."""
+    nxt, pixels = batch["next_obs"], agent.critic.pixels
+    if pixels is None or not pixels.encoder.frozen:
+        return agent.critic.features(nxt), agent.target_critic.features(nxt)
+    tokens = pixels.tokens(nxt)
+    return agent.critic.features(nxt, tokens), agent.target_critic.features(nxt, tokens)
 
 
 def bootstrap(cfg: SACConfig, batch: dict[str, Any], q_next: torch.Tensor) -> torch.Tensor:
@@ -325,8 +404,10 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 def to_torch(sample: dict[str, Any], device: torch.device, augment: bool = False,
-             gen: torch.Generator | None = None) -> list[dict[str, Any]]:
-    """A replay sample with leading (G, B) dims -> G minibatches of tensors on ``device``."""
+             gen: torch.Generator | None = None, feature_shift: int = 1) -> list[dict[str, Any]]:
+    """A replay sample with leading (G, B) dims -> G minibatches of tensors on ``device``.
+    With ``augment``, frames get DrQ's 4 px random shift and cached token grids a random shift
+    of up to ``feature_shift`` cells (each image its own offset)."""
     def t(x):
         return torch.as_tensor(x, device=device)
 
@@ -335,11 +416,17 @@ def to_torch(sample: dict[str, Any], device: torch.device, augment: bool = False
     for i in range(g):
         obs = {"state": t(sample["state"][i])}
         nxt = {"state": t(sample["next_state"][i])}
-        if sample["pixels"]:
+        if sample.get("pixels"):
             obs["pixels"] = {c: torch.as_tensor(v[i]) for c, v in sample["pixels"].items()}
             nxt["pixels"] = {c: torch.as_tensor(v[i]) for c, v in sample["next_pixels"].items()}
             for o in (obs, nxt):
                 o["pixels"] = {c: (random_shift(v, 4, gen) if augment else v).to(device) for c, v in o["pixels"].items()}
+        if sample.get("features"):  # cached tokens (B, C, N) -> float32 channel maps (C, B, N), once a minibatch
+            for o, key in ((obs, "features"), (nxt, "next_features")):
+                tokens = {c: torch.as_tensor(v[i]) for c, v in sample[key].items()}
+                if augment and feature_shift:
+                    tokens = {c: random_grid_shift(v, feature_shift, gen) for c, v in tokens.items()}
+                o["maps"] = {c: feature_maps(v.to(device)) for c, v in tokens.items()}
         batch = {"obs": obs, "next_obs": nxt, "action": t(sample["action"][i]), "reward": t(sample["reward"][i]),
                  "terminated": t(sample["terminated"][i])}
         for key in ("mc_return", "offline"):  # present when the buffer keeps returns / when mixed

@@ -1,4 +1,4 @@
-"""Image augmentation on uint8 batches."""
+"""Augmentation of uint8 image batches and of encoder token grids."""
 
 from __future__ import annotations
 
@@ -14,3 +14,19 @@ def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator | None = N
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(b, 3, h, w)
     return out.gather(3, cols).permute(0, 2, 3, 1).to(images.dtype)
+
+
+def random_grid_shift(maps: torch.Tensor, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """``random_shift`` on square grids of encoder channel maps (B, C, H*W): each grid padded by
+    ``pad`` cells (edges replicated) and cropped back at its own random offset. For cached
+    features of a frozen encoder, where the frames themselves are no longer at hand."""
+    b, c, n = maps.shape
+    side = round(n ** 0.5)
+    if side * side != n:
+        raise ValueError(f"random_grid_shift needs a square grid of cells, got {n}")
+    padded = torch.nn.functional.pad(maps.reshape(b, c, side, side).float(), (pad,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+    rows = (dy[:, None] + torch.arange(side)[None])[:, None, :, None].expand(b, c, side, side + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(side)[None])[:, None, None, :].expand(b, c, side, side)
+    return out.gather(3, cols).reshape(b, c, n).to(maps.dtype)

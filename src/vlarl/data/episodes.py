@@ -413,6 +413,8 @@ def _flatten_obs(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if img.dtype != np.uint8:
             raise DatasetError(f"camera {cam!r}: images must be uint8, got {img.dtype}")
         flat[f"observation.images.{cam}"] = img
+    for cam, tokens in obs.get("features", {}).items():  # a frozen encoder's tokens (EncodeFrames)
+        flat[f"observation.features.{cam}"] = np.asarray(tokens)
     return flat
 
 

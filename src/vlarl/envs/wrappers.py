@@ -1,5 +1,6 @@
 """Env wrappers: HIL-SERL's end-effector frame and learned success signal, reward shaping,
-privileged info, a pixel recorder, and ASAP's last-action observation and delta actions."""
+privileged info, a pixel recorder, ASAP's last-action observation and delta actions, and a
+frozen encoder's tokens of each frame."""
 
 from __future__ import annotations
 
@@ -14,6 +15,40 @@ from vlarl.envs.base import vlarl_env
 from vlarl.envs.spaces import env_dims
 from vlarl.errors import VlarlError
 from vlarl.ranges import ranged
+
+
+class EncodeFrames(gym.Wrapper):
+    """Adds ``obs["features"]``: a frozen encoder's tokens of each camera frame, computed once
+    as the frame arrives (``frame_encoder``: a ``vlarl.models.encoders.FrameEncoder``), so that
+    what the policy acts on, what an episode records and what a replay stores are the same
+    tokens. ``keep_frames=False`` drops the images from the observation (wrappers inside, a
+    reward classifier for one, still see them; ``render`` is untouched)."""
+
+    def __init__(self, env: gym.Env, frame_encoder: Any, keep_frames: bool = True) -> None:
+        super().__init__(env)
+        self.frame_encoder, self.keep_frames = frame_encoder, keep_frames
+        spaces_ = dict(env.observation_space.spaces)  # type: ignore[attr-defined]
+        if "pixels" not in spaces_:
+            raise VlarlError(f"EncodeFrames: {type(env.unwrapped).__name__} has no camera images to encode")
+        if not keep_frames:
+            del spaces_["pixels"]
+        spaces_["features"] = gym.spaces.Dict({c: gym.spaces.Box(-np.inf, np.inf, shape, np.float16)
+                                               for c, shape in frame_encoder.shapes.items()})
+        self.observation_space = gym.spaces.Dict(spaces_)
+
+    def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        out = {**obs, "features": self.frame_encoder.encode(obs["pixels"])}
+        if not self.keep_frames:
+            del out["pixels"]
+        return out
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self.observation(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.observation(obs), reward, terminated, truncated, info
 
 
 class RelativeFrame(gym.Wrapper):

@@ -5,6 +5,8 @@
   16 (112 channels), which keeps a 6x6 grid at 84 px: manipulation needs where things are.
   Frozen by default: eval-mode batch norm, no gradients, and cacheable features.
 - ``ConvEncoder``: a small trainable conv net (four stride-2 convs) for from-scratch runs.
+- ``FrameEncoder``: a frozen encoder's tokens of camera frames as float16 arrays, computed once
+  per frame where the frame arrives (an actor, a dataset load) and stored in the replay.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import collections
 import contextlib
 import hashlib
 import io
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,6 +121,52 @@ class ConvEncoder(nn.Module):
 
 
 Encoder = EfficientNetLite0Encoder | ConvEncoder
+
+
+def channel_maps(tokens: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    """Encoder tokens (B, N, C) of a square grid -> channel maps (B, C, N / pool^2), each grid
+    average-pooled over ``pool`` x ``pool`` cells (1: unchanged)."""
+    b, n, c = tokens.shape
+    maps = tokens.transpose(1, 2)
+    if pool == 1:
+        return maps
+    side = round(n ** 0.5)
+    if side * side != n or side % pool:
+        raise ValueError(f"cannot pool a grid of {n} cells by {pool}")
+    return torch.nn.functional.avg_pool2d(maps.reshape(b, c, side, side), pool).flatten(2)
+
+
+class FrameEncoder:
+    """Camera frames -> a frozen encoder's tokens as float16 channel maps, (channels, cells) a frame.
+
+    The learner's critics, target critics and actor all read the same frozen tokens of a frame,
+    so each frame is encoded once, here, and the tokens travel and are stored instead of being
+    recomputed for every minibatch. Single frames go through ``SHARED_TOKENS`` when the encoder
+    opts in, so a reward classifier on the same frame costs nothing more.
+    """
+
+    def __init__(self, encoder: Encoder, cameras: Sequence[str], token_shape: tuple[int, int],
+                 pool: int = 1, batch_size: int = 32) -> None:
+        from vlarl.errors import VlarlError
+
+        if not encoder.frozen:
+            raise VlarlError("FrameEncoder needs a frozen encoder: a trained one's tokens change as it learns")
+        self.encoder, self.cameras, self.pool, self.batch_size = encoder, list(cameras), pool, batch_size
+        self.shapes = {c: tuple(token_shape) for c in self.cameras}  # (channels, cells)
+
+    @torch.no_grad()
+    def encode(self, pixels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Camera -> tokens; ``pixels[c]`` is one frame (H, W, 3) or a stack (T, H, W, 3) of uint8."""
+        out = {}
+        for c in self.cameras:
+            frames = np.asarray(pixels[c])
+            single = frames.ndim == 3
+            batch = torch.from_numpy(np.ascontiguousarray(frames[None] if single else frames))
+            maps = [channel_maps(self.encoder(batch[i:i + self.batch_size]), self.pool)
+                    for i in range(0, len(batch), self.batch_size)]
+            arr = torch.cat(maps).to(torch.float16).contiguous().numpy()  # (T, C, N)
+            out[c] = arr[0] if single else arr
+        return out
 
 
 def make_encoder(name: str, frozen: bool = True) -> Encoder:

@@ -41,7 +41,9 @@ from vlarl.runtime.config import ranged
 def _default_critic() -> SACConfig:
     # ConRFT's critic: two LayerNorm critics (min over both), batch 256, gamma 0.97 as HIL-SERL;
     # no temperature (the consistency policy has none) and no grasp critic (the head outputs the gripper).
-    return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, encoder="efficientnet-lite0")
+    # Images as HIL-SERL's: spatial embeddings over the pooled 4 x 4 grid of cached tokens.
+    return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, encoder="efficientnet-lite0",
+                     spatial_kernels=8, feature_pool=2, augment=False)
 
 
 @dataclass
@@ -90,7 +92,8 @@ def offline_stage(cfg: ConRFTRecipeConfig, ctx: dict[str, Any]) -> None:
     save_every = max(cfg.offline_steps // 4, 1)
     while done < cfg.offline_steps:
         sample = buffers.demos.sample(cfg.sac.batch_size, cfg.sac.utd)
-        info = learner.update(to_torch(sample, ctx["device"], cfg.sac.augment and ctx["augment"], ctx["generator"]))
+        info = learner.update(to_torch(sample, ctx["device"], cfg.sac.augment and ctx["augment"], ctx["generator"],
+                                       cfg.sac.feature_shift))
         done += 1
         c["offline_updates"] = done
         bar.update(1)

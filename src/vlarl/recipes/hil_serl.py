@@ -43,6 +43,7 @@ from vlarl.envs.intervention import SimulatedHumanConfig
 from vlarl.envs.spaces import env_dims
 from vlarl.envs.wrappers import RewardShapingConfig
 from vlarl.errors import VlarlError
+from vlarl.models.encoders import FrameEncoder
 from vlarl.recipes.collect import EnvConfig
 from vlarl.recipes.rlpd import _obs_to_torch
 from vlarl.runtime import Run, load_config, seed_everything
@@ -68,9 +69,13 @@ def _default_sac() -> SACConfig:
     # HIL-SERL's settings: critic-to-actor ratio 2, gamma 0.97, batch 256, two LayerNorm
     # critics (min over both), initial temperature 0.01 and no entropy term in the target (with
     # a 0/1 reward, temperature 1 would make entropy worth far more than success for thousands
-    # of updates), LayerNorm in the policy too, pretrained frozen encoder, grasp critic.
+    # of updates), LayerNorm in the policy too, pretrained frozen encoder, grasp critic. Its
+    # image head: learned spatial embeddings over a 4 x 4 grid (HIL-SERL's ResNet-10 grid at
+    # 128 px; here EfficientNet-Lite0's stride-16 grid pooled 2 x 2), tokens cached once per
+    # frame; no augmentation (a shift of one cell of a 4 x 4 grid is a quarter of the image).
     return SACConfig(ensemble=2, subset=2, utd=2, batch_size=256, gamma=0.97, init_temperature=0.01,
-                     backup_entropy=False, actor_layer_norm=True, encoder="efficientnet-lite0", gripper_critic=True, gripper_epsilon=0.1)
+                     backup_entropy=False, actor_layer_norm=True, encoder="efficientnet-lite0", gripper_critic=True,
+                     gripper_epsilon=0.1, spatial_kernels=8, feature_pool=2, augment=False)
 
 
 @dataclass
@@ -97,6 +102,9 @@ class HILSERLConfig:
     updates_per_step: float = ranged(1.0, gt=0)  # the learner never runs further ahead of the data than this
     weights_every: int = ranged(10, ge=1)  # learner updates between weight broadcasts
     buffer_size: int = ranged(200_000, ge=2)
+    # With a frozen encoder (sac.cache_features) actors send and the buffers keep its tokens of
+    # each frame, not the frame; true keeps the uint8 frames in the buffers as well.
+    store_frames: bool = False
     save_buffer: bool = True
     eval_every: int = ranged(5_000, ge=0)  # env steps; 0: the final evaluation only
     eval_episodes: int = ranged(20, ge=1)
@@ -149,11 +157,12 @@ def make_device(name: str, env, cfg: HILSERLConfig, seed: int):
     return KeyboardDevice() if name == "keyboard" else GamepadDevice()
 
 
-def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
-    """The wrapped env and its intervention device (None when evaluating or no human)."""
+def make_env(cfg: HILSERLConfig, seed: int, training: bool = True, frame_encoder: FrameEncoder | None = None):
+    """The wrapped env and its intervention device (None when evaluating or no human). With
+    ``frame_encoder`` every observation also carries its frames' tokens (``EncodeFrames``)."""
     from vlarl.envs import make
     from vlarl.envs.intervention import InterventionWrapper
-    from vlarl.envs.wrappers import ClassifierReward, RelativeFrame, ShapedReward
+    from vlarl.envs.wrappers import ClassifierReward, EncodeFrames, RelativeFrame, ShapedReward
 
     options = cfg.env.kwargs()
     use_classifier = training and cfg.reward == "classifier"
@@ -177,13 +186,29 @@ def make_env(cfg: HILSERLConfig, seed: int, training: bool = True):
         env = ShapedReward(env, cfg.shaping.success, cfg.shaping.step, cfg.shaping.gripper_toggle)
     if cfg.relative_frame:
         env = RelativeFrame(env)
+    if frame_encoder is not None:  # outermost: the tokens of exactly the frames the policy sees
+        env = EncodeFrames(env, frame_encoder, keep_frames=cfg.store_frames)
     return env, device
 
 
 def _acting_state(agent: Agent) -> dict[str, torch.Tensor]:
-    """What an actor needs: the actor, the gripper critic and the pixel encoder (not the ensemble)."""
-    return {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()
-            if not k.startswith(("target_critic.", "critic.q."))}
+    """What an actor needs: the actor, the gripper critic and the pixel head (not the ensemble,
+    and not a frozen encoder: the actor builds the same pretrained one and it never changes)."""
+    skip = ["target_critic.", "critic.q."]
+    if agent.critic.pixels is not None and agent.critic.pixels.encoder.frozen:
+        skip.append("critic.pixels.encoder.")
+    return {k: v.detach().cpu().clone() for k, v in agent.state_dict().items() if not k.startswith(tuple(skip))}
+
+
+def observation_keys(state_dim: int, frames: dict | None, tokens: dict | None) -> dict[str, list[int]]:
+    """What the learner's actor and critic read, with sizes: the state, frames, cached tokens."""
+    return {"state": [state_dim], **{f"pixels.{c}": list(s) for c, s in (frames or {}).items()},
+            **{f"features.{c}": list(s) for c, s in (tokens or {}).items()}}
+
+
+def frame_encoder_of(agent: Agent) -> FrameEncoder | None:
+    """The agent's frozen encoder as a once-per-frame encoder (None: state only, or a trained encoder)."""
+    return agent.critic.pixels.frame_encoder() if agent.critic.pixels is not None else None
 
 
 def _agent_for(cfg: HILSERLConfig, env: Any) -> Agent:
@@ -199,6 +224,10 @@ def build_actor(cfg: HILSERLConfig, actor_id: int, agent: Agent | None = None) -
         agent = _agent_for(cfg, env)
     if agent.critic.pixels is not None and agent.critic.pixels.encoder.frozen:
         agent.critic.pixels.encoder.shared_tokens = True  # one encoding per frame for policy and classifier
+    if (encoder := frame_encoder_of(agent)) is not None:  # the actor ships tokens the learner trains on
+        from vlarl.envs.wrappers import EncodeFrames
+
+        env = EncodeFrames(env, encoder, keep_frames=cfg.store_frames)
     torch_device = next(agent.parameters()).device
 
     def act(obs: dict[str, Any]) -> np.ndarray:
@@ -241,12 +270,15 @@ def slice_episode(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[s
 
 
 class Buffers:
-    """HIL-SERL's two buffers: every transition to ``online``; demos and interventions to ``demos``."""
+    """HIL-SERL's two buffers: every transition to ``online``; demos and interventions to ``demos``.
+    ``cameras``: the frames they keep; ``features``: the cached tokens they keep."""
 
     def __init__(self, capacity: int, state_dim: int, action_dim: int, cameras: dict | None, seed: int,
-                 mc_gamma: float | None = None) -> None:
-        self.online = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed, mc_gamma=mc_gamma)
-        self.demos = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed + 1, mc_gamma=mc_gamma)
+                 mc_gamma: float | None = None, features: dict | None = None) -> None:
+        self.online = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed, mc_gamma=mc_gamma,
+                                   features=features)
+        self.demos = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed + 1, mc_gamma=mc_gamma,
+                                  features=features)
 
     def add(self, arrays: dict[str, np.ndarray], intervened: np.ndarray, demo: bool = False) -> None:
         if demo:
@@ -264,12 +296,14 @@ class Buffers:
         self.demos.load_state_dict(d["demos"])
 
 
-def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int) -> dict[str, float | None]:
-    """``n`` scripted demos through the training wrappers (frame, classifier) into the demo buffer."""
+def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int,
+                 frame_encoder: FrameEncoder | None = None) -> dict[str, float | None]:
+    """``n`` scripted demos through the training wrappers (frame, classifier) into the demo buffer
+    (with ``frame_encoder``, the tokens of their frames too, encoded once as recorded)."""
     from vlarl.envs.intervention import ExpertDevice, InterventionWrapper, expert_of
 
     seed = cfg.seed + 7
-    env, _ = make_env(_without_human(cfg), seed)
+    env, _ = make_env(_without_human(cfg), seed, frame_encoder=frame_encoder)
     # the expert drives every step from just outside the base env, so frame and reward wrappers apply
     env = _insert_innermost(env, lambda e: InterventionWrapper(e, ExpertDevice(expert_of(e), cfg.demo_noise, seed)))
     shipped: list[dict[str, Any]] = []
@@ -365,13 +399,17 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     agent = _agent_for(cfg, probe).to(device)
     state_dim, action_dim, cameras = env_dims(probe)
     # actors' episodes are checked against this env before they touch a buffer
-    episode_spec = EpisodeSpec(state_dim, action_dim, cameras,
-                               int(getattr(probe.unwrapped, "episode_length", None) or cfg.env.episode_length or 10_000))
+    encoder = frame_encoder_of(agent)
+    tokens = encoder.shapes if encoder is not None else None
+    frames = cameras if encoder is None or cfg.store_frames else None  # what episodes carry and buffers keep
+    episode_spec = EpisodeSpec(state_dim, action_dim, frames,
+                               int(getattr(probe.unwrapped, "episode_length", None) or cfg.env.episode_length or 10_000),
+                               features=tokens)
     probe.close()
     learner = cfg.make_learner(agent, gen)
     if not ctx.is_main:  # a follower: rank 0 serves the actors, holds the buffers and evaluates
         return distributed.follow_updates(run, agent, learner, ctx)
-    buffers = Buffers(cfg.buffer_size, state_dim, action_dim, cameras, cfg.seed, cfg.mc_gamma())
+    buffers = Buffers(cfg.buffer_size, state_dim, action_dim, frames, cfg.seed, cfg.mc_gamma(), tokens)
     counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng, "gen": gen}) or {}
     distributed.broadcast_module(agent, ctx)
     learner = distributed.shard_learner(learner, ctx)  # under torchrun: each update over every process
@@ -381,7 +419,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
     c = {"env_steps": 0, "updates": 0, "episodes": 0, "intervened_steps": 0, "demo_success_rate": None,
          "wall_s": 0.0, **counters}  # wall_s: training time of earlier sessions of this run
     if not counters and cfg.demos:
-        c.update(record_demos(cfg, buffers, cfg.demos))
+        c.update(record_demos(cfg, buffers, cfg.demos, encoder))
         log(f"recorded {cfg.demos} demos (success {c['demo_success_rate']:.2f})")
     results: dict[str, Any] = {"evals": [], "episodes": []}
     if (run.path / "results.json").exists() and counters:
@@ -477,7 +515,8 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
                 sample = sample_mixed(buffers.online, demos, cfg.sac.batch_size, cfg.sac.utd,
                                       cfg.sac.offline_ratio if demos is not None else 0.0)
                 learner.env_steps = c["env_steps"]  # schedules (ConRFT's beta) follow the env steps
-                info = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
+                info = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen,
+                                               cfg.sac.feature_shift))
                 c["updates"] += 1
                 if c["updates"] % cfg.weights_every == 0:
                     version = c["updates"]
@@ -530,6 +569,7 @@ def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, 
         actor_hz=actor_hz if actor_hz is not None else (local.hz if local is not None else None),
         dropped_episodes=(server.inbox.dropped if server else 0), demo_success_rate=c["demo_success_rate"],
         runtime=cfg.runtime, resumed_from=run.resumed_step, events=events[-50:],
+        obs_keys=observation_keys(state_dim, frames, tokens), bytes_per_transition=buffers.online.bytes_per_frame,
     )
     run.write_results(results)
     _plot(results, Path(results["plot"]))

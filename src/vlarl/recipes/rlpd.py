@@ -43,6 +43,7 @@ class RLPDConfig:
     steps: int = ranged(20_000, ge=1)  # env steps
     random_steps: int = ranged(1_000, ge=0)  # uniform random actions first (no demos: exploration)
     buffer_size: int = ranged(1_000_000, ge=2)
+    store_frames: bool = False  # with cached features (a frozen encoder), keep the uint8 frames in the buffers too
     eval_every: int = ranged(5_000, ge=0)  # 0: no evaluation
     eval_episodes: int = ranged(10, ge=1)
     eval_envs: int = ranged(2, ge=1)
@@ -62,6 +63,8 @@ def _obs_to_torch(obs: dict[str, Any], device: torch.device, add_batch_dim: bool
     out: dict[str, Any] = {"state": t(obs["state"], np.float32)}
     if "pixels" in obs:
         out["pixels"] = {c: t(v) for c, v in obs["pixels"].items()}
+    if "features" in obs:  # a frozen encoder's tokens, already computed (EncodeFrames)
+        out["features"] = {c: t(v) for c, v in obs["features"].items()}
     return out
 
 
@@ -88,10 +91,19 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     if not ctx.is_main:  # a follower: rank 0 steps the env and holds the buffers
         env.close()
         return distributed.follow_updates(run, agent, learner, ctx)
-    online = ReplayBuffer(cfg.buffer_size, state_dim, action_dim, cameras, seed=cfg.seed)
+    # a frozen encoder: each frame encoded once as it arrives, its tokens stored (frames only if asked)
+    encoder = agent.critic.pixels.frame_encoder() if agent.critic.pixels is not None else None
+    tokens = encoder.shapes if encoder is not None else None
+    frames = cameras if encoder is None or cfg.store_frames else None
+    if encoder is not None:
+        from vlarl.envs.wrappers import EncodeFrames
+
+        env = EncodeFrames(env, encoder, keep_frames=cfg.store_frames)
+    online = ReplayBuffer(cfg.buffer_size, state_dim, action_dim, frames, seed=cfg.seed, features=tokens)
     offline = None
     if demos is not None:
-        demo_buffer = ReplayBuffer.from_dataset(demos, seed=cfg.seed + 1, skip_bad=cfg.skip_bad_episodes)
+        demo_buffer = ReplayBuffer.from_dataset(demos, seed=cfg.seed + 1, skip_bad=cfg.skip_bad_episodes,
+                                                frame_encoder=encoder, keep_frames=frames is not None)
         if cfg.demos_in_online_buffer:
             _copy_buffer(demo_buffer, online)
         else:
@@ -133,7 +145,8 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
                 ep_return, ep_len, ep_success = 0.0, 0, False
             if len(online) >= cfg.sac.batch_size and step >= min(cfg.random_steps, cfg.steps):
                 sample = sample_mixed(online, offline, cfg.sac.batch_size, cfg.sac.utd, ratio)
-                info_u = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen))
+                info_u = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen,
+                                                 cfg.sac.feature_shift))
                 if step % cfg.log_every == 0:
                     run.log(step, **{k: float(v) for k, v in info_u.items()})
             bar.update(1)
@@ -160,6 +173,7 @@ def train_rlpd(cfg: RLPDConfig | None = None, resume: Run | None = None, progres
     bar.close()
     env.close()
     results.update(steps=step, episodes=episodes, seconds=time.perf_counter() - t0, buffer_frames=online.frames,
+                   bytes_per_transition=online.bytes_per_frame,
                    resumed_from=run.resumed_step,
                    final_success=results["evals"][-1]["success"] if results["evals"] else None)
     run.write_results(results)
@@ -207,7 +221,8 @@ def _copy_buffer(src: ReplayBuffer, dst: ReplayBuffer) -> None:
     """Append ``src``'s frames and transitions to ``dst`` in order (for SAC + demos)."""
     n = min(src.frames, src.capacity)
     for k in range(n):
-        obs = {"state": src.state[k], "pixels": {c: v[k] for c, v in src.pixels.items()}}
+        obs = {"state": src.state[k], "pixels": {c: v[k] for c, v in src.pixels.items()},
+               "features": {c: v[k] for c, v in src.features.items()}}
         if k == 0 or not src.valid[k - 1]:
             dst.start_episode(obs)
         else:

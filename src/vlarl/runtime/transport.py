@@ -128,16 +128,19 @@ EPISODE_KEYS = frozenset({"arrays", "intervened", "success", "true_success", "we
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """The episodes a learner accepts: its env's state and action sizes, camera images, and
+    """The episodes a learner accepts: its env's state and action sizes, camera images (uint8),
+    a frozen encoder's tokens of them (float16, ``features``: camera -> (cells, channels)), and
     the longest episode the env can produce."""
 
     state_dim: int
     action_dim: int
     cameras: Mapping[str, tuple[int, ...]] | None
     max_length: int
+    features: Mapping[str, tuple[int, ...]] | None = None
 
     def frame_bytes(self) -> int:
-        return 4 * self.state_dim + sum(math.prod(s) for s in (self.cameras or {}).values())
+        return (4 * self.state_dim + sum(math.prod(s) for s in (self.cameras or {}).values())
+                + sum(2 * math.prod(s) for s in (self.features or {}).values()))
 
     def max_bytes(self) -> int:
         """The largest legitimate episode message's arrays (with room for the step columns)."""
@@ -154,7 +157,8 @@ def validate_episode(body: Any, spec: EpisodeSpec) -> dict[str, Any]:
     if not isinstance(arrays, dict):
         raise WireError("episode 'arrays' is not a mapping of arrays")
     images = {f"observation.images.{c}": shape for c, shape in (spec.cameras or {}).items()}
-    expected = {"observation.state", "action", "reward", *STEP_FLAGS, *images}
+    tokens = {f"observation.features.{c}": shape for c, shape in (spec.features or {}).items()}
+    expected = {"observation.state", "action", "reward", *STEP_FLAGS, *images, *tokens}
     if set(arrays) != expected:
         raise WireError(f"episode arrays {sorted(arrays)}, expected {sorted(expected)}")
     action = arrays["action"]
@@ -165,7 +169,8 @@ def validate_episode(body: Any, spec: EpisodeSpec) -> dict[str, Any]:
         raise WireError(f"episode of {t} steps; the env's episodes have 1 to {spec.max_length}")
     shapes = {"observation.state": ("float32", (t + 1, spec.state_dim)), "action": ("float32", (t, spec.action_dim)),
               "reward": ("float32", (t,)), **{k: ("bool", (t,)) for k in STEP_FLAGS},
-              **{k: ("uint8", (t + 1, *shape)) for k, shape in images.items()}}
+              **{k: ("uint8", (t + 1, *shape)) for k, shape in images.items()},
+              **{k: ("float16", (t + 1, *shape)) for k, shape in tokens.items()}}
     for key, (dtype, shape) in {**shapes, "intervened": ("bool", (t,))}.items():
         arr = body["intervened"] if key == "intervened" else arrays[key]
         if not isinstance(arr, np.ndarray) or arr.dtype.name != dtype or arr.shape != shape:

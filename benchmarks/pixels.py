@@ -1,0 +1,263 @@
+"""Pixels that learn: learner throughput from camera images, and the off-policy methods from pixels.
+
+    python benchmarks/pixels.py throughput [--rounds 3] [--seconds 20]
+    python benchmarks/pixels.py hil-serl [--steps 30000] [--work runs/bench-pixels]
+
+``throughput``: learner updates/s of HIL-SERL's SAC (two LayerNorm critics, batch 256, two
+critic steps per actor step, grasp critic) on panda/pick-cube observations, each update
+sampled from a filled replay buffer and moved to tensors as the runtime does:
+
+- ``state``: proprio + cube position (21-d), the privileged-state baseline;
+- ``pixels_cached``: front + wrist 128 px through the frozen EfficientNet-Lite0, tokens
+  stored in the replay (float16) and only the trainable layers run (spatial embeddings,
+  projection, critics, actor), with and without the feature-grid shift;
+- ``pixels_uncached``: the same config with the frames in the replay, the encoder run on every
+  minibatch image (what the learner did before the cache, less one encoder pass: the online
+  and target critics now share the next observation's tokens).
+
+All variants run in one process, interleaved round by round; the median per variant is kept.
+``pixel_to_state_update_ratio`` is pixels_cached / state.
+
+``hil-serl``: the flagship run from cameras (configs/hil-serl-pick-cube.yaml: front + wrist
+128 px + proprio, no object pose), its classifier trained first as in
+benchmarks/hil_serl_pick_cube.py. Every stage is cached under ``--work``.
+
+Results are merged into benchmarks/results/pixels.json and .md (each section keeps the
+command that produced it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+RESULTS = Path(__file__).parent / "results"
+CAMERAS = {"front": (128, 128, 3), "wrist": (128, 128, 3)}
+PROPRIO, OBJECT, ACTION = 18, 3, 4
+
+
+def _sac_config(**overrides):
+    from vlarl.recipes.hil_serl import HILSERLConfig
+
+    import dataclasses
+
+    return dataclasses.replace(HILSERLConfig().sac, **overrides)
+
+
+def _filled_buffer(state_dim: int, frames: dict | None, tokens: dict | None, n: int, seed: int):
+    """A replay of ``n`` random transitions in 100-step episodes (contents do not change the cost)."""
+    import numpy as np
+
+    from vlarl.data.replay import ReplayBuffer
+
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(n + n // 100 + 2, state_dim, ACTION, frames, seed=seed, features=tokens)
+
+    def obs():
+        return {"state": rng.standard_normal(state_dim).astype(np.float32),
+                "pixels": {c: rng.integers(0, 256, s, dtype=np.uint8) for c, s in (frames or {}).items()},
+                "features": {c: rng.standard_normal(s).astype(np.float16) for c, s in (tokens or {}).items()}}
+
+    for k in range(n):
+        if k % 100 == 0:
+            buf.start_episode(obs())
+        buf.add(rng.uniform(-1, 1, ACTION).astype(np.float32), float(rng.random() < 0.1), obs(), False,
+                truncated=k % 100 == 99)
+    return buf
+
+
+class Variant:
+    """One learner (agent, optimisers, replay) whose updates can be timed."""
+
+    def __init__(self, name: str, obs: str, buffer_size: int, **sac) -> None:
+        import torch
+
+        from vlarl.algos.sac import SACAgent, SACLearner
+
+        self.name, self.obs = name, obs
+        self.cfg = _sac_config(**sac)
+        cameras = CAMERAS if obs == "pixels" else None
+        state_dim = PROPRIO if obs == "pixels" else PROPRIO + OBJECT
+        self.agent = SACAgent(self.cfg, state_dim, ACTION, cameras)
+        self.learner = SACLearner(self.agent)
+        encoder = self.agent.critic.pixels.frame_encoder() if self.agent.critic.pixels is not None else None
+        tokens = encoder.shapes if encoder is not None else None
+        frames = cameras if cameras is not None and encoder is None else None
+        self.buffer = _filled_buffer(state_dim, frames, tokens, buffer_size, seed=0)
+        self.gen = torch.Generator().manual_seed(0)
+        self.augment = self.cfg.augment and cameras is not None
+        self.rates: list[float] = []
+
+    def update(self) -> None:
+        from vlarl.algos.sac import to_torch
+
+        sample = self.buffer.sample(self.cfg.batch_size, self.cfg.utd)
+        self.learner.update(to_torch(sample, "cpu", self.augment, self.gen, self.cfg.feature_shift))
+
+    def time(self, seconds: float) -> float:
+        self.update()  # warm-up: allocator, first-call costs
+        n, t0 = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < seconds:
+            self.update()
+            n += 1
+        rate = n / (time.perf_counter() - t0)
+        self.rates.append(rate)
+        return rate
+
+
+def throughput(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    kernels = args.spatial_kernels
+    run = {"spatial_kernels": kernels, "feature_pool": args.feature_pool, "augment": False}  # the pixel runs' head
+    variants = [
+        Variant("state", "state", 20_000),
+        Variant("pixels_cached", "pixels", 20_000, **run),
+        Variant("pixels_cached_shift", "pixels", 20_000, **{**run, "augment": True}),
+        Variant("pixels_cached_grid8", "pixels", 20_000, **{**run, "feature_pool": 1}),
+        Variant("pixels_cached_grid8_flatten", "pixels", 20_000, **{**run, "feature_pool": 1, "spatial_kernels": 0}),
+        Variant("pixels_uncached", "pixels", 2_000, **run, cache_features=False),
+    ]
+    for r in range(args.rounds):
+        for v in variants:
+            rate = v.time(args.seconds if v.name != "pixels_uncached" else max(args.seconds, 1.0))
+            print(f"round {r}: {v.name:24s} {rate:8.3f} updates/s", flush=True)
+    med = {v.name: statistics.median(v.rates) for v in variants}
+    per_transition = {v.name: v.buffer.bytes_per_frame for v in variants}
+    return {
+        "command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
+        "config": {"ensemble": variants[0].cfg.ensemble, "utd": variants[0].cfg.utd,
+                   "batch_size": variants[0].cfg.batch_size, "encoder": variants[1].cfg.encoder,
+                   "spatial_kernels": kernels, "feature_pool": args.feature_pool, "augment": False,
+                   "cameras": {c: list(s) for c, s in CAMERAS.items()}},
+        "updates_per_s": med,
+        "pixel_to_state_update_ratio": med["pixels_cached"] / med["state"],
+        "pixel_to_state_update_ratio_shift": med["pixels_cached_shift"] / med["state"],
+        "uncached_pixel_to_state_update_ratio": med["pixels_uncached"] / med["state"],
+        "cached_over_uncached": med["pixels_cached"] / med["pixels_uncached"],
+        "bytes_per_transition": per_transition,
+    }
+
+
+def hil_serl(args) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hil_serl_pick_cube import classifier_stage
+
+    from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+    from vlarl.runtime import Run, load_config
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    classifier = classifier_stage(work, args.classifier_episodes)
+    run_dir = work / "hil-serl-pixels"
+    overrides = [f"steps={args.steps}", f"classifier={work / 'classifier'}", f"run_dir={run_dir}",
+                 f"eval_every={args.eval_every}", *args.set]
+    if (run_dir / "config.yaml").exists():
+        results = train_hil_serl(resume=Run.resume(run_dir), progress=False)
+    else:
+        cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml", overrides)
+        results = train_hil_serl(cfg, progress=False)
+    curve = [{"step": e["step"], "success": e["success"]} for e in results["evals"]]
+    interventions = _windowed(results["episodes"], "intervention_rate")
+    return {
+        "command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
+        "final_success": results["final_success"], "final_ci95": results["final_ci95"],
+        "env_steps": results["env_steps"], "updates": results["updates"],
+        "wall_clock_min": results["wall_clock_min"], "obs_keys": results["obs_keys"],
+        "bytes_per_transition": results["bytes_per_transition"], "actor_hz": results["actor_hz"],
+        "intervention_rate": results["intervention_rate"], "resumed_from": results["resumed_from"],
+        "classifier": {k: classifier.get(k) for k in ("precision", "recall")},
+        "success_curve": curve, "intervention_curve": interventions, "plot": results["plot"],
+    }
+
+
+def _windowed(episodes: list[dict], key: str, window: int = 20) -> list[dict]:
+    out = []
+    for i in range(window, len(episodes) + 1, window):
+        chunk = episodes[i - window:i]
+        out.append({"step": chunk[-1]["step"], key: sum(e[key] for e in chunk) / window})
+    return out
+
+
+def _write(section: str, figures: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "pixels.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = figures
+    if section == "throughput":
+        for key in ("pixel_to_state_update_ratio", "uncached_pixel_to_state_update_ratio"):
+            data[key] = figures[key]
+    if section == "hil_serl_pixels":
+        data["hil_serl_pixels"] = figures
+    path.write_text(json.dumps(data, indent=2, default=float))
+    (RESULTS / "pixels.md").write_text(_markdown(data))
+
+
+def _markdown(data: dict) -> str:
+    lines = ["# Pixels that learn", ""]
+    t = data.get("throughput")
+    if t:
+        lines += ["## Learner throughput from cameras", "", f"`{t['command']}` on {t['machine']}.",
+                  f"HIL-SERL's SAC: E={t['config']['ensemble']}, {t['config']['utd']} critic steps per actor step, "
+                  f"batch {t['config']['batch_size']}, {t['config']['encoder']} frozen, "
+                  f"{t['config']['spatial_kernels']} spatial kernels, grid pooled by {t['config']['feature_pool']}; "
+                  "front + wrist 128 px. grid8: the stride-16 grid unpooled (8 x 8 cells); flatten: a linear "
+                  "projection of every token instead of spatial embeddings; shift: the feature-grid shift on.", "",
+                  "| learner | updates/s (median) | / state | replay bytes per transition |", "|---|---|---|---|"]
+        for name, rate in t["updates_per_s"].items():
+            lines.append(f"| {name} | {rate:.3f} | {rate / t['updates_per_s']['state']:.3f} | "
+                         f"{t['bytes_per_transition'][name]} |")
+        lines += ["", f"- **pixel_to_state_update_ratio** (cached, no shift): {t['pixel_to_state_update_ratio']:.3f} "
+                  f"(target >= 0.5); with the feature-grid shift {t['pixel_to_state_update_ratio_shift']:.3f}",
+                  f"- uncached (encoder on every minibatch image): {t['uncached_pixel_to_state_update_ratio']:.4f}; "
+                  f"cached / uncached: {t['cached_over_uncached']:.0f}x", ""]
+    h = data.get("hil_serl_pixels")
+    if h:
+        lines += ["## HIL-SERL from cameras (panda/pick-cube)", "", f"`{h['command']}`", "",
+                  f"- final_success (policy alone, 50 episodes, env's success): {h['final_success']:.2f} "
+                  f"(95% CI {h['final_ci95'][0]:.2f}-{h['final_ci95'][1]:.2f}) after {h['env_steps']} env steps, "
+                  f"{h['updates']} updates, {h['wall_clock_min']:.1f} min",
+                  f"- obs_keys: {h['obs_keys']}", f"- bytes_per_transition: {h['bytes_per_transition']}",
+                  f"- actor_hz: {h['actor_hz']}, intervention rate {h['intervention_rate']:.3f}", "",
+                  "| env steps | success |", "|---|---|"]
+        lines += [f"| {e['step']} | {e['success']:.2f} |" for e in h["success_curve"]]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--seconds", type=float, default=20.0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--spatial-kernels", type=int, default=8)
+    t.add_argument("--feature-pool", type=int, default=2)
+    h = sub.add_parser("hil-serl")
+    h.add_argument("--steps", type=int, default=30_000)
+    h.add_argument("--eval-every", type=int, default=2_500)
+    h.add_argument("--classifier-episodes", type=int, default=40)
+    h.add_argument("--work", default="runs/bench-pixels")
+    h.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
+    args = p.parse_args()
+    if args.what == "throughput":
+        _write("throughput", throughput(args))
+    else:
+        _write("hil_serl_pixels", hil_serl(args))
+    print((RESULTS / "pixels.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
