@@ -86,8 +86,9 @@ def test_memmap_and_state_dict_round_trip(tmp_path):
     buf = ReplayBuffer(20, 2, 1, {"cam": (4, 4, 3)}, memmap_dir=tmp_path / "mm", seed=3)
     fill(buf, 2, 4)
     assert (tmp_path / "mm" / "pixels_cam.npy").exists()
-    copy = ReplayBuffer(20, 2, 1, {"cam": (4, 4, 3)})
-    copy.load_state_dict(buf.state_dict())
+    sd = buf.state_dict()
+    copy = ReplayBuffer(20, 2, 1, {"cam": (4, 4, 3)}, memmap_dir=tmp_path / "mm")  # a resume: the same files
+    copy.load_state_dict(sd)
     np.testing.assert_array_equal(copy.sample_indices(16), buf.sample_indices(16))
     assert copy.ptr == buf.ptr and len(copy) == len(buf)
 

@@ -11,6 +11,12 @@ and the transition at k - 1 is always the one just written. Sampling draws slots
 and keeps the valid ones. ``memmap_dir`` puts the arrays in memory-mapped files, for
 buffers larger than RAM.
 
+Checkpoints (``state_dict``) hold only the filled slots: a 200k-slot buffer 3k frames into a run
+saves 3k frames, not 200k. A memory-mapped buffer's frames are not copied at all: its files
+are the snapshot. They count every frame written to them (``writes.npy``), so a resume from an
+older checkpoint knows which slots were written after it and leaves those out, and a
+checkpoint whose frames the files no longer hold is refused with the reason.
+
 With ``mc_gamma`` set, each transition also gets the discounted Monte-Carlo return of the
 rest of its episode, G_t = r_t + gamma G_{t+1} (0 after the last step), written when the
 episode ends (Cal-QL floors its conservative penalty with it). Until then it is 0.
@@ -66,6 +72,8 @@ class ReplayBuffer:
         self.terminated = self._array("terminated", (capacity,), bool)
         self.valid = self._array("valid", (capacity,), bool)  # a transition starts at this slot
         self.valid[:] = False
+        # frames ever written into the memmap files (survives this process: see load_state_dict)
+        self._writes = self._array("writes", (1,), np.int64, keep=True) if self._memmap_dir is not None else None
         self.mc_gamma = mc_gamma
         self.mc_return = self._array("mc_return", (capacity,), np.float32) if mc_gamma is not None else None
         self._episode_start = 0  # slot of the open episode's first frame
@@ -74,10 +82,18 @@ class ReplayBuffer:
         self._open = False  # an episode is in progress (its last frame is at ptr - 1)
         self.rng = np.random.default_rng(seed)
 
-    def _array(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def _array(self, name: str, shape: tuple[int, ...], dtype, keep: bool = False) -> np.ndarray:
         if self._memmap_dir is None:
             return np.zeros(shape, dtype)
-        return np.lib.format.open_memmap(self._memmap_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        path = self._memmap_dir / f"{name}.npy"
+        if path.exists():  # an earlier buffer's file: reused in place (a resume finds its frames there)
+            arr = np.load(path, mmap_mode="r+")
+            if arr.shape == shape and arr.dtype == np.dtype(dtype):
+                return arr
+            if keep:
+                raise VlarlError(f"{path}: holds {arr.dtype}{list(arr.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        return arr
 
     # --- writing ------------------------------------------------------------------------
     def _write_frame(self, obs: Mapping[str, Any]) -> None:
@@ -90,6 +106,8 @@ class ReplayBuffer:
         self.valid[k] = False  # its old transition, if any, lost its data
         self.ptr = (k + 1) % self.capacity
         self.frames += 1
+        if self._writes is not None:
+            self._writes[0] += 1
 
     def start_episode(self, obs: Mapping[str, Any]) -> None:
         """The first observation of an episode."""
@@ -211,25 +229,73 @@ class ReplayBuffer:
         return sum(a.nbytes for a in arrays)
 
     # --- persistence (checkpoints "where asked") -----------------------------------------
+    def _slot_arrays(self) -> dict[str, np.ndarray]:
+        out = {"state": self.state, "action": self.action, "reward": self.reward, "terminated": self.terminated,
+               **{f"pixels.{c}": v for c, v in self.pixels.items()},
+               **{f"features.{c}": v for c, v in self.features.items()}}
+        if self.mc_return is not None:
+            out["mc_return"] = self.mc_return
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "pixels": dict(self.pixels), "features": dict(self.features),
-                "action": self.action, "reward": self.reward,
-                "terminated": self.terminated, "valid": self.valid, "ptr": self.ptr, "frames": self.frames,
-                "open": self._open, "rng": self.rng.bit_generator.state, "mc_return": self.mc_return,
-                "episode_start": self._episode_start}
+        """Counters, the valid mask and the filled slots' arrays; a memory-mapped buffer's
+        arrays stay in its files (flushed here) and only their write count is recorded."""
+        filled = min(self.frames, self.capacity)
+        d: dict[str, Any] = {"capacity": self.capacity, "filled": filled, "valid": self.valid[:filled].copy(),
+                             "ptr": self.ptr, "frames": self.frames, "open": self._open,
+                             "rng": self.rng.bit_generator.state, "episode_start": self._episode_start}
+        if self._writes is None:
+            d["slots"] = {k: v[:filled] for k, v in self._slot_arrays().items()}
+        else:
+            for arr in (*self._slot_arrays().values(), self.valid, self._writes):
+                arr.flush()  # type: ignore[attr-defined]
+            d["memmap"] = {"dir": str(self._memmap_dir), "writes": int(self._writes[0])}
+        return d
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        for key in ("state", "action", "reward", "terminated", "valid"):
-            getattr(self, key)[:] = d[key]
-        for c in self.pixels:
-            self.pixels[c][:] = d["pixels"][c]
-        for c in self.features:
-            self.features[c][:] = d["features"][c]
-        if self.mc_return is not None:
-            self.mc_return[:] = d["mc_return"]
-        self._episode_start = d.get("episode_start", 0)
+        if "capacity" not in d:  # a checkpoint from before filled-slot saving: every slot
+            d = {**d, "capacity": len(d["valid"]), "filled": len(d["valid"]),
+                 "slots": {"state": d["state"], "action": d["action"], "reward": d["reward"],
+                           "terminated": d["terminated"], **{f"pixels.{c}": v for c, v in d["pixels"].items()},
+                           **{f"features.{c}": v for c, v in d.get("features", {}).items()},
+                           **({"mc_return": d["mc_return"]} if d.get("mc_return") is not None else {})},
+                 "episode_start": d.get("episode_start", 0)}
+        if d["capacity"] != self.capacity:
+            raise VlarlError(f"replay checkpoint of {d['capacity']} slots does not fit a buffer of {self.capacity}")
+        filled = d["filled"]
+        if "slots" in d:
+            arrays = self._slot_arrays()
+            if set(d["slots"]) != set(arrays):
+                raise VlarlError(f"replay checkpoint holds {sorted(d['slots'])}, this buffer {sorted(arrays)}")
+            for key, arr in arrays.items():
+                arr[:filled] = d["slots"][key]
+            self.valid[:] = False
+            self.valid[:filled] = d["valid"]
+        else:
+            self._load_memmap(d)
+        self._episode_start = d["episode_start"]
         self.ptr, self.frames, self._open = d["ptr"], d["frames"], d["open"]
         self.rng.bit_generator.state = d["rng"]
+
+    def _load_memmap(self, d: Mapping[str, Any]) -> None:
+        """The checkpoint's frames from this buffer's files, less those written after it."""
+        saved = d["memmap"]
+        if self._writes is None or Path(saved["dir"]).resolve() != self._memmap_dir.resolve():  # type: ignore[union-attr]
+            raise VlarlError(f"replay checkpoint keeps its frames in {saved['dir']}; open the buffer with "
+                             "memmap_dir set to that directory")
+        since = int(self._writes[0]) - saved["writes"]
+        if since < 0:
+            raise VlarlError(f"{self._memmap_dir}: its files hold {int(self._writes[0])} frames, fewer than the "
+                             f"{saved['writes']} of the checkpoint (another buffer's files?)")
+        self.valid[:] = False
+        self.valid[:d["filled"]] = d["valid"]
+        if since >= self.capacity - 1:
+            raise VlarlError(f"{self._memmap_dir}: {since} frames were written after this checkpoint, more than the "
+                             f"buffer holds ({self.capacity}); none of its frames are left to resume with")
+        if since:  # slots overwritten after the checkpoint, and the transition ending in the first of them
+            for k in range(d["ptr"] - 1, d["ptr"] + since):
+                self.valid[k % self.capacity] = False
+            print(f"replay {self._memmap_dir}: {since} frames written after this checkpoint are left out", flush=True)
 
 
 def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, batch_size: int, n_batches: int,
