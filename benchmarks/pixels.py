@@ -2,6 +2,8 @@
 
     python benchmarks/pixels.py throughput [--rounds 3] [--seconds 20]
     python benchmarks/pixels.py hil-serl [--steps 30000] [--work runs/bench-pixels]
+    python benchmarks/pixels.py conrft [--online-steps 15000]
+    python benchmarks/pixels.py rlpd [--steps 20000] [--seeds 3]
 
 ``throughput``: learner updates/s of HIL-SERL's SAC (two LayerNorm critics, batch 256, two
 critic steps per actor step, grasp critic) on panda/pick-cube observations, each update
@@ -21,6 +23,13 @@ All variants run in one process, interleaved round by round; the median per vari
 ``hil-serl``: the flagship run from cameras (configs/hil-serl-pick-cube.yaml: front + wrist
 128 px + proprio, no object pose), its classifier trained first as in
 benchmarks/hil_serl_pick_cube.py. Every stage is cached under ``--work``.
+
+``conrft``: ConRFT on pick-cube from the same cameras, SFT -> offline -> online, with
+benchmarks/conrft_bench.py's protocol (success and episode length, policy alone, 50 episodes).
+
+``rlpd``: RLPD on Meta-World drawer-open from the corner + gripper cameras and proprio
+(configs/rlpd-metaworld-pixels.yaml), scripted demos encoded once as they load; success at
+``--steps`` env steps, per seed.
 
 Results are merged into benchmarks/results/pixels.json and .md (each section keeps the
 command that produced it).
@@ -45,9 +54,9 @@ PROPRIO, OBJECT, ACTION = 18, 3, 4
 
 
 def _sac_config(**overrides):
-    from vlarl.recipes.hil_serl import HILSERLConfig
-
     import dataclasses
+
+    from vlarl.recipes.hil_serl import HILSERLConfig
 
     return dataclasses.replace(HILSERLConfig().sac, **overrides)
 
@@ -164,7 +173,7 @@ def hil_serl(args) -> dict:
     overrides = [f"steps={args.steps}", f"classifier={work / 'classifier'}", f"run_dir={run_dir}",
                  f"eval_every={args.eval_every}", *args.set]
     if (run_dir / "config.yaml").exists():
-        results = train_hil_serl(resume=Run.resume(run_dir), progress=False)
+        results = train_hil_serl(resume=Run.resume(run_dir, HILSERLConfig), progress=False)
     else:
         cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml", overrides)
         results = train_hil_serl(cfg, progress=False)
@@ -180,6 +189,49 @@ def hil_serl(args) -> dict:
         "classifier": {k: classifier.get(k) for k in ("precision", "recall")},
         "success_curve": curve, "intervention_curve": interventions, "plot": results["plot"],
     }
+
+
+def conrft(args) -> dict:
+    """ConRFT's SFT -> offline -> online on pick-cube from the cameras (conrft_bench's protocol)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import conrft_bench
+
+    ns = argparse.Namespace(demos=20, offline_steps=args.offline_steps, online_steps=args.online_steps, beta_end=0.2,
+                            eval_episodes=50, curve_episodes=10, eval_every=args.eval_every, seed=0, control_hz=10.0,
+                            work=args.work, set=["env.obs_mode=pixels", "env.image_size=128",
+                                                 "env.cameras=[front,wrist]", *args.set])
+    part = conrft_bench.run_env("panda/pick-cube", ns)
+    return {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]), **part}
+
+
+def rlpd(args) -> dict:
+    """RLPD on drawer-open from the corner + gripper cameras (configs/rlpd-metaworld-pixels.yaml)."""
+    from vlarl.recipes.collect import CollectConfig, collect
+    from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
+    from vlarl.runtime import load_config
+
+    work = Path(args.work)
+    demos = work / "demos"
+    cfg_path = "configs/rlpd-metaworld-pixels.yaml"
+    if not (demos / "meta" / "info.json").exists():
+        env = load_config(RLPDConfig, cfg_path).env
+        collect(CollectConfig(env=env, policy="scripted", episodes=args.demos, noise=0.1, seed=50_000, workers=1,
+                              source="expert", out=str(demos)), progress=False)
+    runs = []
+    for seed in range(args.seeds):
+        run_dir = work / f"seed{seed}"
+        done = run_dir / "results.json"
+        if done.exists() and json.loads(done.read_text()).get("final_success") is not None:
+            r = json.loads(done.read_text())
+        else:
+            r = train_rlpd(load_config(RLPDConfig, cfg_path, [f"demos={demos}", f"seed={seed}", f"run_dir={run_dir}",
+                                                              f"steps={args.steps}", *args.set]), progress=False)
+        runs.append({"seed": seed, "final_success": r["final_success"], "minutes": r["seconds"] / 60,
+                     "bytes_per_transition": r["bytes_per_transition"],
+                     "curve": [{"step": e["step"], "success": e["success"]} for e in r["evals"]]})
+    finals = [x["final_success"] for x in runs]
+    return {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]), "env_steps": args.steps,
+            "success": statistics.mean(finals), "per_seed": finals, "runs": runs}
 
 
 def _windowed(episodes: list[dict], key: str, window: int = 20) -> list[dict]:
@@ -198,8 +250,6 @@ def _write(section: str, figures: dict) -> None:
     if section == "throughput":
         for key in ("pixel_to_state_update_ratio", "uncached_pixel_to_state_update_ratio"):
             data[key] = figures[key]
-    if section == "hil_serl_pixels":
-        data["hil_serl_pixels"] = figures
     path.write_text(json.dumps(data, indent=2, default=float))
     (RESULTS / "pixels.md").write_text(_markdown(data))
 
@@ -233,6 +283,17 @@ def _markdown(data: dict) -> str:
                   "| env steps | success |", "|---|---|"]
         lines += [f"| {e['step']} | {e['success']:.2f} |" for e in h["success_curve"]]
         lines.append("")
+    c = data.get("conrft_pixels")
+    if c:
+        lines += ["## ConRFT from cameras (panda/pick-cube)", "", f"`{c['command']}`", "",
+                  "| stage | success (50 episodes) | mean episode length |", "|---|---|---|"]
+        lines += [f"| {k} | {c[k]['success']:.2f} | {c[k]['episode_length']:.1f} |" for k in ("sft", "offline", "online")]
+        lines.append("")
+    r = data.get("rlpd_pixels")
+    if r:
+        lines += ["## RLPD from cameras (metaworld/drawer-open)", "", f"`{r['command']}`", "",
+                  f"- success at {r['env_steps']} env steps: {r['success']:.2f} (per seed {r['per_seed']})",
+                  f"- bytes_per_transition: {r['runs'][0]['bytes_per_transition']}", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -251,11 +312,27 @@ def main() -> None:
     h.add_argument("--classifier-episodes", type=int, default=40)
     h.add_argument("--work", default="runs/bench-pixels")
     h.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
+    c = sub.add_parser("conrft")
+    c.add_argument("--offline-steps", type=int, default=2000)
+    c.add_argument("--online-steps", type=int, default=15000)
+    c.add_argument("--eval-every", type=int, default=2500)
+    c.add_argument("--work", default="runs/bench-pixels-conrft")
+    c.add_argument("--set", nargs="*", default=[])
+    r = sub.add_parser("rlpd")
+    r.add_argument("--steps", type=int, default=20_000)
+    r.add_argument("--seeds", type=int, default=3)
+    r.add_argument("--demos", type=int, default=10)
+    r.add_argument("--work", default="runs/bench-pixels-rlpd")
+    r.add_argument("--set", nargs="*", default=[])
     args = p.parse_args()
     if args.what == "throughput":
         _write("throughput", throughput(args))
-    else:
+    elif args.what == "hil-serl":
         _write("hil_serl_pixels", hil_serl(args))
+    elif args.what == "conrft":
+        _write("conrft_pixels", conrft(args))
+    else:
+        _write("rlpd_pixels", rlpd(args))
     print((RESULTS / "pixels.md").read_text())
 
 

@@ -211,3 +211,24 @@ def test_a_memmap_checkpoint_whose_frames_were_overwritten_is_refused(tmp_path):
     _fill(buf, 4, 5, start=500)  # 24 frames after the checkpoint: the buffer wrapped past it
     with pytest.raises(VlarlError, match="written after this checkpoint"):
         ReplayBuffer(20, 2, 1, {"cam": (4, 4, 3)}, memmap_dir=mm).load_state_dict(sd)
+
+
+def test_the_rlpd_pixel_config_sees_cameras_and_proprio_only():
+    from vlarl.envs import make
+    from vlarl.envs.spaces import env_dims
+    from vlarl.envs.wrappers import EncodeFrames
+    from vlarl.recipes.rlpd import RLPDConfig
+    from vlarl.runtime import load_config
+
+    cfg = load_config(RLPDConfig, "configs/rlpd-metaworld-pixels.yaml")
+    env = make(cfg.env.name, **cfg.env.kwargs())
+    try:
+        state_dim, action_dim, cameras = env_dims(env)
+        assert state_dim == 4 and cameras == {"corner": (128, 128, 3), "gripperPOV": (128, 128, 3)}
+        agent = SACAgent(cfg.sac, state_dim, action_dim, cameras)
+        wrapped = EncodeFrames(env, agent.critic.pixels.frame_encoder(), keep_frames=False)
+        obs, _ = wrapped.reset(seed=0)
+        assert set(obs) == {"state", "features"} and set(obs["features"]) == set(cameras)
+        assert set(wrapped.observation_space.spaces) == {"state", "features"}
+    finally:
+        env.close()
