@@ -74,8 +74,11 @@ def test_the_learner_trains_on_cached_tokens_and_never_runs_the_encoder(monkeypa
     before = agent.critic.pixels.spatial["front"].kernel.detach().clone()
     for augment in (False, True):
         batches = to_torch(buf.sample(8, 2), torch.device("cpu"), augment, torch.Generator().manual_seed(0), 1)
-        assert batches[0]["obs"]["maps"]["front"].shape == (112, 8, 16)
+        assert batches[0]["obs"]["features"]["front"].shape == (8, 112, 16)
+        leaves = [t for b in batches for o in ("obs", "next_obs") for t in (b[o]["state"], *b[o]["features"].values())]
+        assert all(t.shape[0] == 8 for t in leaves)  # batch first: a data-parallel learner shards dim 0
         info = learner.update(batches)
+        assert batches[0]["obs"]["maps"]["front"].shape == (112, 8, 16)  # laid out once, read by every head
         assert torch.isfinite(info["critic_loss"])
     assert not torch.equal(before, agent.critic.pixels.spatial["front"].kernel)
 

@@ -161,10 +161,12 @@ class PixelFeatures(nn.Module):
     def tokens(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Camera -> float32 channel maps (C, B, N): from the cached tokens (B, C, N) when ``obs``
         has them, else from the encoder run now."""
-        if "maps" in obs:  # a minibatch's tokens, laid out once by ``to_torch``
-            return obs["maps"]
         if "features" in obs:
-            return {c: feature_maps(obs["features"][c]) for c in self.cameras}
+            # laid out once per observation batch and kept beside it: the online critic, the target
+            # critic and the actor step all read the same minibatch's maps
+            if "maps" not in obs:
+                obs["maps"] = {c: feature_maps(obs["features"][c]) for c in self.cameras}
+            return obs["maps"]
         pixels = obs["pixels"]
         device = next(iter(pixels.values())).device.type
         # bfloat16: the encoder's convolutions under autocast; the projection and LayerNorm in fp32
@@ -421,12 +423,12 @@ def to_torch(sample: dict[str, Any], device: torch.device, augment: bool = False
             nxt["pixels"] = {c: torch.as_tensor(v[i]) for c, v in sample["next_pixels"].items()}
             for o in (obs, nxt):
                 o["pixels"] = {c: (random_shift(v, 4, gen) if augment else v).to(device) for c, v in o["pixels"].items()}
-        if sample.get("features"):  # cached tokens (B, C, N) -> float32 channel maps (C, B, N), once a minibatch
+        if sample.get("features"):  # cached tokens (B, C, N), batch first as every batch tensor
             for o, key in ((obs, "features"), (nxt, "next_features")):
                 tokens = {c: torch.as_tensor(v[i]) for c, v in sample[key].items()}
                 if augment and feature_shift:
                     tokens = {c: random_grid_shift(v, feature_shift, gen) for c, v in tokens.items()}
-                o["maps"] = {c: feature_maps(v.to(device)) for c, v in tokens.items()}
+                o["features"] = {c: v.to(device) for c, v in tokens.items()}
         batch = {"obs": obs, "next_obs": nxt, "action": t(sample["action"][i]), "reward": t(sample["reward"][i]),
                  "terminated": t(sample["terminated"][i])}
         for key in ("mc_return", "offline"):  # present when the buffer keeps returns / when mixed
