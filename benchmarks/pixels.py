@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -178,6 +179,8 @@ def hil_serl(args) -> dict:
         cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml", overrides)
         results = train_hil_serl(cfg, progress=False)
     curve = [{"step": e["step"], "success": e["success"]} for e in results["evals"]]
+    plot = RESULTS / "pixels_hil_serl.png"
+    shutil.copyfile(results["plot"], plot)
     interventions = _windowed(results["episodes"], "intervention_rate")
     return {
         "command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
@@ -187,7 +190,7 @@ def hil_serl(args) -> dict:
         "bytes_per_transition": results["bytes_per_transition"], "actor_hz": results["actor_hz"],
         "intervention_rate": results["intervention_rate"], "resumed_from": results["resumed_from"],
         "classifier": {k: classifier.get(k) for k in ("precision", "recall")},
-        "success_curve": curve, "intervention_curve": interventions, "plot": results["plot"],
+        "success_curve": curve, "intervention_curve": interventions, "plot": str(plot),
     }
 
 

@@ -235,3 +235,17 @@ def test_the_rlpd_pixel_config_sees_cameras_and_proprio_only():
         assert set(wrapped.observation_space.spaces) == {"state", "features"}
     finally:
         env.close()
+
+
+def test_the_flatten_head_reads_tokens_in_their_original_order():
+    """A conv encoder's flatten + projection sees token-major features, as before the cache (so
+    checkpoints of earlier pixel runs mean what they meant)."""
+    from vlarl.algos.sac import PixelFeatures
+
+    torch.manual_seed(0)
+    head = PixelFeatures("conv", {"top": (32, 32, 3)}, 6)
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        tokens = head.encoder(frames)  # (B, N, C)
+        expected = head.proj(tokens.flatten(1))
+        torch.testing.assert_close(head({"pixels": {"top": frames}}), expected)

@@ -177,7 +177,8 @@ class PixelFeatures(nn.Module):
         if self.spatial is not None:
             parts = [self.spatial[c](tokens[c]) for c in self.cameras]
         else:
-            parts = [tokens[c].transpose(0, 1).flatten(1) for c in self.cameras]
+            # token-major (B, N * C), the order this projection has always had: older checkpoints load as they were
+            parts = [tokens[c].permute(1, 2, 0).flatten(1) for c in self.cameras]
         return self.proj(torch.cat(parts, dim=1))
 
     def forward(self, obs: dict[str, Any]) -> torch.Tensor:
