@@ -189,7 +189,7 @@ def hil_serl(args) -> dict:
         "wall_clock_min": results["wall_clock_min"], "obs_keys": results["obs_keys"],
         "bytes_per_transition": results["bytes_per_transition"], "actor_hz": results["actor_hz"],
         "intervention_rate": results["intervention_rate"], "resumed_from": results["resumed_from"],
-        "classifier": {k: classifier.get(k) for k in ("precision", "recall")},
+        "classifier": {k: classifier["test"][k] for k in ("precision", "recall", "frames")},
         "success_curve": curve, "intervention_curve": interventions, "plot": str(plot),
     }
 
@@ -282,7 +282,11 @@ def _markdown(data: dict) -> str:
                   f"(95% CI {h['final_ci95'][0]:.2f}-{h['final_ci95'][1]:.2f}) after {h['env_steps']} env steps, "
                   f"{h['updates']} updates, {h['wall_clock_min']:.1f} min",
                   f"- obs_keys: {h['obs_keys']}", f"- bytes_per_transition: {h['bytes_per_transition']}",
-                  f"- actor_hz: {h['actor_hz']}, intervention rate {h['intervention_rate']:.3f}", "",
+                  f"- actor_hz: {h['actor_hz']:.1f}, intervention rate over the run {h['intervention_rate']:.3f}",
+                  f"- reward classifier (held-out episodes): {h['classifier']}",
+                  *([f"- status: {h['status']}"] if "status" in h else []),
+                  *([f"- {h['note']}"] if "note" in h else []),
+                  "- curves: `pixels_hil_serl.png` (success of the policy alone, intervention rate)", "",
                   "| env steps | success |", "|---|---|"]
         lines += [f"| {e['step']} | {e['success']:.2f} |" for e in h["success_curve"]]
         lines.append("")
