@@ -49,15 +49,16 @@ def test_dataset_info_on_a_damaged_dataset(tmp_path, capsys):
 
 
 def test_console_script_demo_small(tmp_path):
-    """The default demo end to end, shrunk: HIL-SERL with an actor process, then the policy
-    alone before and after, a plot and a video."""
+    """The default demo end to end, shrunk (short episodes, few steps): HIL-SERL from the
+    pick-cube cameras with an actor process, then the policy alone before and after, a plot
+    and a video."""
     run_dir = tmp_path / "demo"
     command = [sys.executable, "-m", "vlarl", "demo", f"run_dir={run_dir}", "hil_serl.steps=300", "hil_serl.demos=2",
-               "hil_serl.eval_every=150", "hil_serl.eval_episodes=2", "hil_serl.final_eval_episodes=2",
-               "hil_serl.sac.hidden=32", "hil_serl.sac.batch_size=32", "hil_serl.control_hz=200"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+               "hil_serl.env.episode_length=20", "hil_serl.eval_every=150", "hil_serl.eval_episodes=2",
+               "hil_serl.final_eval_episodes=2", "hil_serl.sac.hidden=32", "hil_serl.sac.batch_size=32"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "HIL-SERL on toy/reach" in proc.stdout and "before training" in proc.stdout
+    assert "HIL-SERL on panda/pick-cube from pixels" in proc.stdout and "before training" in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] >= 300 and summary["updates"] > 0 and summary["final_episodes"] == 2
     steps = [e["step"] for e in summary["evals"]]
@@ -65,7 +66,7 @@ def test_console_script_demo_small(tmp_path):
     assert Path(summary["plot"]).stat().st_size > 0
     assert summary["videos"] and all(Path(v).stat().st_size > 0 for v in summary["videos"])
     # The same command again finds the run finished and reports it (no actor runs, so no rate).
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already trained" in again.stdout and json.loads(again.stdout.splitlines()[-1])["mean_success"] == \
         summary["mean_success"]

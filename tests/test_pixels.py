@@ -249,3 +249,19 @@ def test_the_flatten_head_reads_tokens_in_their_original_order():
         tokens = head.encoder(frames)  # (B, N, C)
         expected = head.proj(tokens.flatten(1))
         torch.testing.assert_close(head({"pixels": {"top": frames}}), expected)
+
+
+def test_the_demo_refuses_a_run_directory_holding_another_demo(tmp_path):
+    """An earlier 2-D reach demo in runs/demo is named, not continued with the pick-cube settings
+    (which would not fit its checkpoint), and nothing there is rewritten."""
+    from vlarl.recipes.demo import DemoConfig, run_demo
+    from vlarl.runtime import load_config, save_config
+
+    reach = load_config(DemoConfig, "configs/demo-reach.yaml", [f"run_dir={tmp_path / 'demo'}"])
+    (tmp_path / "demo" / "hil-serl").mkdir(parents=True)
+    save_config(reach.hil_serl, tmp_path / "demo" / "hil-serl" / "config.yaml")
+    before = (tmp_path / "demo" / "hil-serl" / "config.yaml").read_text()
+    with pytest.raises(VlarlError, match="holds a demo of toy/reach from state"):
+        run_demo(DemoConfig(run_dir=str(tmp_path / "demo")), progress=False)
+    assert (tmp_path / "demo" / "hil-serl" / "config.yaml").read_text() == before
+    assert not (tmp_path / "demo" / "config.yaml").exists()
