@@ -292,9 +292,11 @@ def _markdown(data: dict) -> str:
         lines.append("")
     c = data.get("conrft_pixels")
     if c:
-        lines += ["## ConRFT from cameras (panda/pick-cube)", "", f"`{c['command']}`", "",
+        status = f" — status: {c['status']}" if "status" in c else ""
+        lines += ["## ConRFT from cameras (panda/pick-cube)", "", f"`{c['command']}`{status}", "",
                   "| stage | success (50 episodes) | mean episode length |", "|---|---|---|"]
-        lines += [f"| {k} | {c[k]['success']:.2f} | {c[k]['episode_length']:.1f} |" for k in ("sft", "offline", "online")]
+        lines += [f"| {k} | {c[k]['success']:.2f} (95% CI {c[k]['ci95'][0]:.2f}-{c[k]['ci95'][1]:.2f}) | "
+                  f"{c[k]['episode_length']:.1f} |" for k in ("sft", "offline", "online") if k in c]
         lines.append("")
     r = data.get("rlpd_pixels")
     if r:
