@@ -154,10 +154,6 @@ class PixelFeatures(nn.Module):
         """What turns frames into the tokens this head reads (None: the encoder trains, nothing to cache)."""
         return FrameEncoder(self.encoder, self.cameras, self.token_shape, self.pool) if self.caches else None
 
-    def token_shapes(self) -> dict[str, tuple[int, int]]:
-        """Camera -> (channels, cells) of the tokens a frame becomes."""
-        return {c: self.token_shape for c in self.cameras}
-
     def tokens(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Camera -> float32 channel maps (C, B, N): from the cached tokens (B, C, N) when ``obs``
         has them, else from the encoder run now."""
