@@ -204,7 +204,10 @@ def conrft(args) -> dict:
                             work=args.work, set=["env.obs_mode=pixels", "env.image_size=128",
                                                  "env.cameras=[front,wrist]", *args.set])
     part = conrft_bench.run_env("panda/pick-cube", ns)
-    return {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]), **part}
+    run = json.loads((Path(args.work) / "panda_pick-cube" / "conrft" / "results.json").read_text())
+    return {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]), **part,
+            "obs_keys": run["obs_keys"], "bytes_per_transition": run["bytes_per_transition"],
+            "actor_hz": run["actor_hz"]}
 
 
 def rlpd(args) -> dict:
@@ -297,6 +300,10 @@ def _markdown(data: dict) -> str:
                   "| stage | success (50 episodes) | mean episode length |", "|---|---|---|"]
         lines += [f"| {k} | {c[k]['success']:.2f} (95% CI {c[k]['ci95'][0]:.2f}-{c[k]['ci95'][1]:.2f}) | "
                   f"{c[k]['episode_length']:.1f} |" for k in ("sft", "offline", "online") if k in c]
+        if "bytes_per_transition" in c:
+            lines += ["", f"- observed: {', '.join(f'{k} {v}' for k, v in c['obs_keys'].items())}",
+                      f"- bytes_per_transition: {c['bytes_per_transition']}; actor {c['actor_hz']:.1f} Hz "
+                      f"(paced at 10 Hz); offline + online stages {c['conrft_wall_min']:.0f} min on 2 cores, shared with test runs for much of it"]
         lines.append("")
     r = data.get("rlpd_pixels")
     if r:
