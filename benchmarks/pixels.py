@@ -214,7 +214,7 @@ def rlpd(args) -> dict:
     """RLPD on drawer-open from the corner + gripper cameras (configs/rlpd-metaworld-pixels.yaml)."""
     from vlarl.recipes.collect import CollectConfig, collect
     from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
-    from vlarl.runtime import load_config
+    from vlarl.runtime import finish_stage, load_config
 
     work = Path(args.work)
     demos = work / "demos"
@@ -230,8 +230,10 @@ def rlpd(args) -> dict:
         if done.exists() and json.loads(done.read_text()).get("final_success") is not None:
             r = json.loads(done.read_text())
         else:
-            r = train_rlpd(load_config(RLPDConfig, cfg_path, [f"demos={demos}", f"seed={seed}", f"run_dir={run_dir}",
-                                                              f"steps={args.steps}", *args.set]), progress=False)
+            # a seed stopped part-way (its checkpoints in run_dir) continues where it was
+            cfg = load_config(RLPDConfig, cfg_path, [f"demos={demos}", f"seed={seed}", f"run_dir={run_dir}",
+                                                     f"steps={args.steps}", *args.set])
+            r = finish_stage(train_rlpd, RLPDConfig, cfg, progress=False)
         runs.append({"seed": seed, "final_success": r["final_success"], "minutes": r["seconds"] / 60,
                      "bytes_per_transition": r["bytes_per_transition"],
                      "curve": [{"step": e["step"], "success": e["success"]} for e in r["evals"]]})

@@ -374,20 +374,21 @@ def _weights(run_dir, module):
 def test_hil_serl_in_process_resumes_exactly_after_ctrl_c_mid_episode(tmp_path, monkeypatch):
     import signal
 
-    from vlarl.recipes import hil_serl
     from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+    from vlarl.runtime.sources import LocalSource
 
     straight = train_hil_serl(_hil_cfg(tmp_path / "straight"), progress=False)
-    real_step = hil_serl._InProcessActor.step
+    real_collect = LocalSource.collect
     calls = []
 
-    def step(self):
-        real_step(self)
+    def collect(self):
+        out = real_collect(self)
         calls.append(1)
         if len(calls) == 230:  # an episode of toy/reach is 30 steps: mid-episode
             signal.raise_signal(signal.SIGINT)
+        return out
 
-    monkeypatch.setattr(hil_serl._InProcessActor, "step", step)
+    monkeypatch.setattr(LocalSource, "collect", collect)
     with pytest.raises(KeyboardInterrupt):
         train_hil_serl(_hil_cfg(tmp_path / "split"), progress=False)
     monkeypatch.undo()

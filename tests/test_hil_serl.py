@@ -24,7 +24,7 @@ def test_bounded_queue_never_blocks_drops_oldest_and_counts():
 
 
 def test_intervened_segments_and_episode_slices():
-    from vlarl.recipes.hil_serl import intervened_segments, slice_episode
+    from vlarl.data.mixing import intervened_segments, slice_episode
 
     mask = np.array([0, 1, 1, 0, 0, 1, 1, 1], bool)
     assert intervened_segments(mask) == [(1, 3), (5, 8)]
@@ -38,21 +38,48 @@ def test_intervened_segments_and_episode_slices():
 
 
 def test_interventions_go_to_both_buffers_policy_steps_to_the_rl_buffer_only():
-    from vlarl.recipes.hil_serl import Buffers
+    from vlarl.data.mixing import MixedReplay
+    from vlarl.data.replay import ReplayBuffer
 
     t = 6
     arrays = {"observation.state": np.arange(t + 1)[:, None].repeat(2, 1).astype(np.float32),
               "action": np.arange(t)[:, None].astype(np.float32), "reward": np.zeros(t, np.float32),
               "terminated": np.array([0, 0, 0, 0, 0, 1], bool), "truncated": np.zeros(t, bool),
               "is_success": np.zeros(t, bool)}
-    buffers = Buffers(64, 2, 1, None, seed=0)
-    buffers.add(arrays, np.array([0, 0, 1, 1, 0, 0], bool))
-    assert len(buffers.online) == 6 and len(buffers.demos) == 2
-    demo = buffers.demos.gather(np.flatnonzero(buffers.demos.valid))
+    replay = MixedReplay(ReplayBuffer(64, 2, 1, seed=0), ReplayBuffer(64, 2, 1, seed=1), batch_size=4, ratio=0.5,
+                         offline_grows=True)
+    replay.add_episode(arrays, np.array([0, 0, 1, 1, 0, 0], bool))
+    assert len(replay.online) == 6 and len(replay.offline) == 2
+    demo = replay.offline.gather(np.flatnonzero(replay.offline.valid))
     assert sorted(demo["action"][:, 0].tolist()) == [2.0, 3.0]
     assert sorted(demo["next_state"][:, 0].tolist()) == [3.0, 4.0]  # the next obs of each intervened step
-    buffers.add(arrays, np.zeros(t, bool), demo=True)  # a recorded demo: demo buffer only
-    assert len(buffers.online) == 6 and len(buffers.demos) == 8
+    replay.add_demo(arrays)  # a recorded demo: demo buffer only
+    assert len(replay.online) == 6 and len(replay.offline) == 8
+
+
+def test_mixed_replay_is_ready_when_each_buffer_can_give_its_share():
+    from vlarl.data.mixing import MixedReplay
+    from vlarl.data.replay import ReplayBuffer
+
+    def filled(n: int, value: float, seed: int) -> ReplayBuffer:
+        buf = ReplayBuffer(64, 1, 1, seed=seed)
+        buf.start_episode({"state": np.array([value], np.float32)})
+        for i in range(n):
+            buf.add(np.zeros(1, np.float32), 0.0, {"state": np.array([value], np.float32)}, False, truncated=i == n - 1)
+        return buf
+
+    online, demos = filled(3, 0.0, 0), filled(1, 1.0, 1)
+    replay = MixedReplay(online, demos, batch_size=8, ratio=0.5, offline_grows=True)
+    assert replay.offline_rows == 0 and not replay.ready()  # the demos cannot give 4 rows yet: 8 online needed
+    replay.add_demo({"observation.state": np.ones((5, 1), np.float32), "action": np.zeros((4, 1), np.float32),
+                     "reward": np.zeros(4, np.float32), "terminated": np.zeros(4, bool)})
+    assert replay.offline_rows == 4 and not replay.ready()  # 3 online rows of the 4 needed
+    online.start_episode({"state": np.zeros(1, np.float32)})
+    online.add(np.zeros(1, np.float32), 0.0, {"state": np.zeros(1, np.float32)}, True)
+    assert replay.ready()
+    batch = replay.sample(3)
+    assert batch["state"].shape == (3, 8, 1) and batch["offline"].sum(axis=1).tolist() == [4, 4, 4]
+    assert (batch["state"][batch["offline"]] == 1.0).all() and (batch["state"][~batch["offline"]] == 0.0).all()
 
 
 def test_simulated_human_takes_over_when_off_track_and_its_budget_decays(close_after):

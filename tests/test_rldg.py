@@ -182,12 +182,13 @@ def test_rldg_end_to_end_on_the_toy_env(tmp_path):
 
 def test_recorder_under_an_end_effector_frame_records_world_actions(close_after):
     from vlarl.envs.wrappers import PixelsRecorder
-    from vlarl.recipes.hil_serl import HILSERLConfig, _insert_innermost, make_env
+    from vlarl.envs.wrappers import insert_innermost
+    from vlarl.recipes.hil_serl import HILSERLConfig, make_env
 
     cfg = HILSERLConfig(env=EnvConfig(name="panda/pick-cube", obs_mode="state", image_size=32, episode_length=5),
                         human="none", relative_frame=True)
     env, _ = make_env(cfg, 0, training=False)
-    env = _insert_innermost(env, PixelsRecorder)
+    env = insert_innermost(env, PixelsRecorder)
     close_after(env)
     obs, _ = env.reset(seed=4)
     assert obs["state"].shape == (21,)  # the specialist still sees proprio + cube, in its own frame

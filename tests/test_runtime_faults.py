@@ -80,7 +80,7 @@ def test_killed_learner_resumes_while_its_actor_keeps_stepping(tmp_path):
 
 def test_stalled_then_killed_actor_is_reported_and_replaced_and_ctrl_c_stops_cleanly(tmp_path):
     run, log = tmp_path / "run", tmp_path / "learner.log"
-    learner = _vlarl([*TOY, "steps=100000", "save_every=100000", "updates_per_step=1000", f"run_dir={run}"], log)
+    learner = _vlarl([*TOY, "steps=100000", "save_every=100000", "sac.utd=1000", "sac.actor_every=1", f"run_dir={run}"], log)
     try:
         first = _wait(lambda: (s := read_status(run, 0)) and s["steps"] > 100 and s, 120, "the actor to step", learner)
         pid = first["pid"]

@@ -9,7 +9,7 @@
 The BC term is computed only on the rows of a minibatch that come from the demo buffer
 (demos and human interventions), never on the policy's own rollouts. The critic is the SAC
 recipes' ensemble (``vlarl.algos.sac.Critic``: LayerNorm MLPs, a shared pixel encoder); one
-update is ``utd`` critic steps and one actor step, as there.
+update is ``actor_every`` critic steps and one actor step, as there.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def actor_loss(agent: ConRFTAgent, batch: dict[str, Any], eta: float, beta: floa
 
 
 class ConRFTLearner:
-    """Optimisers and the update: ``utd`` critic steps, then one actor step."""
+    """Optimisers and the update: ``actor_every`` critic steps, then one actor step."""
 
     def __init__(self, agent: ConRFTAgent, generator: torch.Generator | None = None) -> None:
         self.agent = agent

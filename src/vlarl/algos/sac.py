@@ -7,8 +7,10 @@
     actor:   loss = mean(alpha * log pi(a|s) - mean_i Q_i(s, a)),  a ~ pi(.|s)
     alpha:   loss = -mean(log_alpha * (log pi(a|s) + target_entropy)),  target_entropy = -|A| / 2
 
-One update = ``utd`` critic steps (each on its own minibatch, all sampled in one call) and
-one actor + temperature step, as RLPD counts it. The E critics are one batched module
+One update = ``actor_every`` critic steps (each on its own minibatch, all sampled in one call)
+and one actor + temperature step; ``utd`` is critic steps per env step, the rate the
+off-policy loop (runtime/offpolicy.py) keeps. By default ``actor_every`` is ``utd``: one
+update per env step, as RLPD counts it. The E critics are one batched module
 (stacked weights, no Python loop over critics) with LayerNorm. With pixels, a conv encoder
 is shared by the critics and trained by the critic loss only; the actor reads its features
 detached.
@@ -31,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,7 +55,10 @@ CRITIC_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class SACConfig:
     ensemble: int = ranged(10, ge=1)  # E critics
     subset: int = ranged(2, ge=1)  # Z: the target is the min over Z distinct critics
-    utd: int = ranged(20, ge=1)  # G: critic updates per env step
+    utd: float = ranged(20, gt=0)  # G: critic steps per env step (the update-to-data ratio)
+    # critic steps per actor step, i.e. minibatches per update (HIL-SERL's critic-to-actor
+    # ratio); None: utd rounded, one actor step per env step (RLPD)
+    actor_every: int | None = ranged(None, ge=1)
     batch_size: int = ranged(256, ge=1)
     offline_ratio: float = ranged(0.5, ge=0, le=1)  # share of each minibatch drawn from the offline data
     gamma: float = ranged(0.99, gt=0, le=1)
@@ -88,7 +94,12 @@ class SACConfig:
     gripper_critic: bool = False  # last action dim: a DQN over {-1, 0, +1} instead of the actor
     gripper_epsilon: float = ranged(0.0, ge=0, le=1)  # random gripper command while exploring (not when deterministic)
 
+    def critic_steps_per_actor_step(self) -> int:
+        """``actor_every``, or the critic steps of one env step (at least one)."""
+        return self.actor_every or max(1, round(self.utd))
+
     def __post_init__(self) -> None:
+        self.utd = float(self.utd)  # one spelling in config.yaml, however it was given
         if self.subset > self.ensemble:  # otherwise the min would silently be over all E
             raise ConfigError(f"sac.subset (Z={self.subset}) must be at most sac.ensemble (E={self.ensemble}): "
                               "the target is the min over Z distinct critics of the E")
@@ -347,7 +358,7 @@ def temperature_loss(agent: SACAgent, logp: torch.Tensor) -> torch.Tensor:
 
 # --- the update ---------------------------------------------------------------------------
 class SACLearner:
-    """Optimisers and the update step; ``update(batches)`` takes ``utd`` minibatches."""
+    """Optimisers and the update step; ``update(batches)`` takes ``actor_every`` minibatches."""
 
     def __init__(self, agent: SACAgent) -> None:
         cfg = agent.cfg
@@ -400,6 +411,20 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     t: list[torch.Tensor] = list(target.parameters())
     s: list[torch.Tensor] = list(source.parameters())
     torch._foreach_lerp_(t, s, tau)
+
+
+def obs_to_torch(obs: dict[str, Any], device: torch.device, add_batch_dim: bool = False) -> dict[str, Any]:
+    """An env observation (state, frames, cached tokens) -> the agent's input tensors on ``device``."""
+    def t(x, dtype=None):
+        x = torch.as_tensor(np.asarray(x, dtype), device=device)
+        return x[None] if add_batch_dim else x
+
+    out: dict[str, Any] = {"state": t(obs["state"], np.float32)}
+    if "pixels" in obs:
+        out["pixels"] = {c: t(v) for c, v in obs["pixels"].items()}
+    if "features" in obs:  # a frozen encoder's tokens, already computed (EncodeFrames)
+        out["features"] = {c: t(v) for c, v in obs["features"].items()}
+    return out
 
 
 def to_torch(sample: dict[str, Any], device: torch.device, augment: bool = False,

@@ -282,3 +282,14 @@ class DeltaAction(gym.Wrapper):
         self._state, self._prev = obs["state"], action
         info["delta_action"] = executed - action
         return obs, reward, terminated, truncated, info
+
+
+def insert_innermost(env: Any, wrap: Callable[[Any], Any]) -> Any:
+    """``env`` with ``wrap`` applied to its base env, inside every wrapper it already has."""
+    if not isinstance(env, gym.Wrapper):
+        return wrap(env)
+    outer = env
+    while isinstance(outer.env, gym.Wrapper):
+        outer = outer.env
+    outer.env = wrap(outer.env)
+    return env

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from tqdm import tqdm
 
 from vlarl.algos.conrft import ConRFTAgent, ConRFTConfig, ConRFTLearner
-from vlarl.algos.sac import SACConfig, to_torch
+from vlarl.algos.sac import SACConfig
 from vlarl.envs.wrappers import RewardShapingConfig
 from vlarl.errors import VlarlError
 from vlarl.fileio import atomic_write_text
-from vlarl.recipes.hil_serl import Agent, HILSERLConfig, evaluate_policy
+from vlarl.recipes.hil_serl import Agent, HILSERLConfig, OnlineRun, evaluate_policy
 from vlarl.recipes.hil_serl import actor_parts as _hil_actor_parts
 from vlarl.runtime.actor import ActorParts
 from vlarl.runtime.config import ranged
@@ -67,50 +66,24 @@ class ConRFTRecipeConfig(HILSERLConfig):
     def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> Agent:
         return ConRFTAgent(self.sac, self.conrft, state_dim, action_dim, cameras)
 
-    def make_learner(self, agent: Agent, generator: torch.Generator) -> Any:
-        assert isinstance(agent, ConRFTAgent)
-        return ConRFTLearner(agent, generator)
 
-    def mc_gamma(self) -> float | None:
-        return self.sac.gamma
-
-    def before_online(self, ctx: dict[str, Any]) -> None:
-        offline_stage(self, ctx)
-        if self.conrft.reset_actor_optimizer and ctx["counters"]["updates"] == 0:  # online not begun yet
-            ctx["learner"].actor_opt.state.clear()
-
-
-def offline_stage(cfg: ConRFTRecipeConfig, ctx: dict[str, Any]) -> None:
+def offline_stage(cfg: ConRFTRecipeConfig, run: OnlineRun) -> None:
     """Cal-QL + consistency BC on the demo buffer; resumable; evaluated once at the end."""
-    c, learner, buffers, results = ctx["counters"], ctx["learner"], ctx["buffers"], ctx["results"]
-    done = c.get("offline_updates", 0)
-    if done >= cfg.offline_steps and "offline" in results:
+    loop = run.loop
+    if loop.counters["offline_updates"] >= cfg.offline_steps and "offline" in loop.results:
         return
-    learner.offline = True
-    bar = tqdm(total=cfg.offline_steps, initial=done, desc="conrft offline", unit="upd", disable=not ctx["progress"])
-    info: dict[str, torch.Tensor] = {}
-    save_every = max(cfg.offline_steps // 4, 1)
-    while done < cfg.offline_steps:
-        sample = buffers.demos.sample(cfg.sac.batch_size, cfg.sac.utd)
-        info = learner.update(to_torch(sample, ctx["device"], cfg.sac.augment and ctx["augment"], ctx["generator"],
-                                       cfg.sac.feature_shift))
-        done += 1
-        c["offline_updates"] = done
-        bar.update(1)
-        if done % cfg.log_every == 0:
-            ctx["run"].log(done, **{f"offline/{k}": float(v) for k, v in info.items()})
-        if done % save_every == 0 and done < cfg.offline_steps:
-            ctx["save"]()
-    bar.close()
-    learner.offline = False
+    loop.learner.offline = True
+    info = loop.offline_updates(cfg.offline_steps)
+    loop.learner.offline = False
     # the final evaluation's episodes (same start states), so offline and online compare directly
-    evaluation = evaluate_policy(cfg, ctx["agent"], cfg.final_eval_episodes, 20_000 + cfg.seed)
-    results["offline"] = {"updates": done, **evaluation, **{k: float(v) for k, v in info.items()}}
-    if not results["evals"]:  # the online curve starts from the offline policy
-        results["evals"].append({"step": c["env_steps"], "updates": c["updates"], **evaluation})
-    ctx["log"](f"offline stage: {done} updates, success {evaluation['success']:.2f}, "
-               f"episode length {evaluation['mean_length']:.1f}")
-    ctx["save"]()
+    evaluation = evaluate_policy(cfg, run.agent, cfg.final_eval_episodes, 20_000 + cfg.seed)
+    loop.results["offline"] = {"updates": loop.counters["offline_updates"], **evaluation, **info}
+    if not loop.results["evals"]:  # the online curve starts from the offline policy
+        loop.results["evals"].append({"step": loop.counters["env_steps"], "updates": loop.counters["updates"],
+                                      **evaluation})
+    loop.log(f"offline stage: {loop.counters['offline_updates']} updates, success {evaluation['success']:.2f}, "
+             f"episode length {evaluation['mean_length']:.1f}")
+    loop.save()
 
 
 def actor_parts(run_dir: str, actor_id: int) -> ActorParts:
@@ -120,11 +93,15 @@ def actor_parts(run_dir: str, actor_id: int) -> ActorParts:
 
 def train_conrft(cfg: ConRFTRecipeConfig | None = None, resume=None, progress: bool = True) -> dict[str, Any]:
     """Demos -> offline stage -> online stage; results.json has ``offline`` and the final figures."""
-    from vlarl.recipes.hil_serl import train_hil_serl
-
-    results = train_hil_serl(cfg or ConRFTRecipeConfig(), resume, progress)
-    if results.get("follower"):  # a process of a data-parallel group other than rank 0
-        return results
+    cfg = cfg or ConRFTRecipeConfig()
+    run = OnlineRun(cfg, resume, progress, _conrft_learner, monte_carlo=True, keep_results=("offline",))
+    if run.done is not None:  # finished, or a process of a data-parallel group other than rank 0
+        return run.done
+    assert isinstance(run.cfg, ConRFTRecipeConfig)
+    offline_stage(run.cfg, run)
+    if run.cfg.conrft.reset_actor_optimizer and run.loop.counters["updates"] == 0:  # online not begun yet
+        run.loop.learner.actor_opt.state.clear()
+    results = run.train()
     offline = results.get("offline", {})
     results["summary"] = {
         "offline": {"success": offline.get("success"), "episode_length": offline.get("mean_length")},
@@ -132,3 +109,8 @@ def train_conrft(cfg: ConRFTRecipeConfig | None = None, resume=None, progress: b
     }
     atomic_write_text(Path(results["plot"]).parent / "results.json", json.dumps(results, indent=2, default=float))
     return results
+
+
+def _conrft_learner(agent: Agent, generator: torch.Generator) -> ConRFTLearner:
+    assert isinstance(agent, ConRFTAgent)
+    return ConRFTLearner(agent, generator)

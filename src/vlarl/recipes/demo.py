@@ -108,14 +108,14 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True, resume: Run |
 def _hil_serl_demo(run: Run, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
     import torch
 
-    from vlarl.recipes.hil_serl import _agent_for, make_env
+    from vlarl.recipes.hil_serl import agent_for, make_env
 
     with run:
         hil = cfg.hil_serl
         hil.run_dir = str(run.path / "hil-serl")
         env, _ = make_env(hil, hil.seed, training=False)
         torch.manual_seed(hil.seed)
-        before = evaluate_policy(hil, _agent_for(hil, env), hil.final_eval_episodes, 20_000 + hil.seed)
+        before = evaluate_policy(hil, agent_for(hil, env), hil.final_eval_episodes, 20_000 + hil.seed)
         env.close()
         sub = Path(hil.run_dir)
         already = False

@@ -7,8 +7,9 @@ The learner (this process) owns two replay buffers, as HIL-SERL does: the demo b
 (``demos`` scripted demos recorded through the same wrappers, plus every intervened
 segment) and the RL buffer (every transition). Each critic minibatch is half from each.
 Actors step the env with the newest weights they have and ship whole episodes; the
-learner trains as the data comes, never more than ``updates_per_step`` updates per env
-step received, and publishes weights every ``weights_every`` updates.
+learner (the off-policy runtime, runtime/offpolicy.py) trains as the data comes, never more
+than ``sac.utd`` critic steps per env step received, one actor step every
+``sac.actor_every`` critic steps, and publishes weights every ``weights_every`` updates.
 
 Runtimes: ``inprocess`` (one process, actor and learner interleaved: for debugging and
 deterministic tests), ``multiprocess`` (default: actor processes on this machine talking
@@ -22,12 +23,8 @@ and counts the env's own success, never the classifier's.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import signal
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,20 +34,22 @@ import torch
 from tqdm import tqdm
 
 from vlarl.algos.conrft import ConRFTAgent
-from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, to_torch
-from vlarl.data.replay import ReplayBuffer, sample_mixed
+from vlarl.algos.sac import SACAgent, SACConfig, SACLearner, obs_to_torch, to_torch
+from vlarl.data.mixing import MixedReplay
+from vlarl.data.replay import ReplayBuffer
 from vlarl.envs.intervention import SimulatedHumanConfig
 from vlarl.envs.spaces import env_dims
-from vlarl.envs.wrappers import RewardShapingConfig
+from vlarl.envs.wrappers import RewardShapingConfig, insert_innermost
 from vlarl.errors import VlarlError
 from vlarl.models.encoders import FrameEncoder
 from vlarl.recipes.collect import EnvConfig
-from vlarl.recipes.rlpd import _obs_to_torch
 from vlarl.runtime import Run, load_config, seed_everything
-from vlarl.runtime.actor import ActorParts, EnvStepper, EpisodeStream
+from vlarl.runtime.actor import ActorParts, EpisodeStream
 from vlarl.runtime.config import check_ranges, ranged
 from vlarl.runtime.launcher import ActorLauncher
+from vlarl.runtime.offpolicy import OffPolicyLoop, Schedule
 from vlarl.runtime.secret import start_run_secret
+from vlarl.runtime.sources import EpisodeSource, LocalSource, RemoteSource
 from vlarl.runtime.transport import EpisodeSpec, LearnerServer, TransportConfig, weights_spec
 
 Agent = SACAgent | ConRFTAgent  # what make_agent builds: both act and share the critic's encoder
@@ -99,7 +98,6 @@ class HILSERLConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     control_hz: float | None = ranged(None, gt=0)  # pace actors like a real robot (HIL-SERL: 10 Hz)
     steps: int = ranged(30_000, ge=1)  # env steps received by the learner
-    updates_per_step: float = ranged(1.0, gt=0)  # the learner never runs further ahead of the data than this
     weights_every: int = ranged(10, ge=1)  # learner updates between weight broadcasts
     buffer_size: int = ranged(200_000, ge=2)
     # With a frozen encoder (sac.cache_features) actors send and the buffers keep its tokens of
@@ -117,24 +115,28 @@ class HILSERLConfig:
     run_dir: str = "runs/hil-serl"
     device: str = "auto"
 
-    # What the runtime trains. A recipe on this runtime (ConRFT) subclasses the config and
-    # overrides these: its agent, its learner, its actor entry point, an offline stage.
+    # What the runtime trains: the run's name, its actors' entry point and agent (ConRFT, on the
+    # same runtime, subclasses the config for its own).
     name: ClassVar[str] = "hil-serl"
     actor_entry: ClassVar[str] = "vlarl.recipes.hil_serl:actor_parts"
 
     def make_agent(self, state_dim: int, action_dim: int, cameras: dict | None) -> Agent:
         return SACAgent(self.sac, state_dim, action_dim, cameras)
 
-    def make_learner(self, agent: Agent, generator: torch.Generator) -> Any:
-        assert isinstance(agent, SACAgent)
-        return SACLearner(agent)
-
-    def mc_gamma(self) -> float | None:
-        """Discount of the Monte-Carlo returns the buffers keep (None: they keep none)."""
-        return None
-
-    def before_online(self, ctx: dict[str, Any]) -> None:
-        """Runs once after the demos are recorded, before any actor step (ConRFT: offline stage)."""
+    @classmethod
+    def upgrade(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """A config file of an older vlarl: ``updates_per_step`` (learner updates per env step,
+        each ``sac.utd`` critic steps) became ``sac.utd`` critic steps per env step and
+        ``sac.actor_every`` critic steps per actor step, the same schedule."""
+        if "updates_per_step" not in values:
+            return values
+        values = dict(values)
+        sac = dict(values.get("sac") or {})
+        per_update = sac.get("utd", cls().sac.utd)
+        sac.setdefault("actor_every", per_update)
+        sac["utd"] = float(values.pop("updates_per_step")) * per_update
+        values["sac"] = sac
+        return values
 
     def check(self) -> None:
         """Every field's declared range, then the settings that depend on each other."""
@@ -211,7 +213,7 @@ def frame_encoder_of(agent: Agent) -> FrameEncoder | None:
     return agent.critic.pixels.frame_encoder() if agent.critic.pixels is not None else None
 
 
-def _agent_for(cfg: HILSERLConfig, env: Any) -> Agent:
+def agent_for(cfg: HILSERLConfig, env: Any) -> Agent:
     state_dim, action_dim, cameras = env_dims(env)
     return cfg.make_agent(state_dim, action_dim, cameras)
 
@@ -221,7 +223,7 @@ def build_actor(cfg: HILSERLConfig, actor_id: int, agent: Agent | None = None) -
     seed = cfg.seed + 1000 * (actor_id + 1)
     env, device = make_env(cfg, seed)
     if agent is None:
-        agent = _agent_for(cfg, env)
+        agent = agent_for(cfg, env)
     if agent.critic.pixels is not None and agent.critic.pixels.encoder.frozen:
         agent.critic.pixels.encoder.shared_tokens = True  # one encoding per frame for policy and classifier
     if (encoder := frame_encoder_of(agent)) is not None:  # the actor ships tokens the learner trains on
@@ -231,7 +233,7 @@ def build_actor(cfg: HILSERLConfig, actor_id: int, agent: Agent | None = None) -
     torch_device = next(agent.parameters()).device
 
     def act(obs: dict[str, Any]) -> np.ndarray:
-        return agent.act(_obs_to_torch(obs, torch_device, add_batch_dim=True))[0].cpu().numpy()
+        return agent.act(obs_to_torch(obs, torch_device, add_batch_dim=True))[0].cpu().numpy()
 
     def load(payload: dict[str, Any]) -> None:
         if payload.get("state_dict") is not None:
@@ -251,52 +253,7 @@ def actor_parts(run_dir: str, actor_id: int, config_cls: type[HILSERLConfig] | N
 
 
 # --- the learner --------------------------------------------------------------------------
-def intervened_segments(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs [start, end) of True steps."""
-    out, start = [], None
-    for i, m in enumerate(list(mask) + [False]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            out.append((start, i))
-            start = None
-    return out
-
-
-def slice_episode(arrays: dict[str, np.ndarray], start: int, end: int) -> dict[str, np.ndarray]:
-    """Steps [start, end) with their observations start..end (T + 1 rows), as an episode."""
-    t = len(arrays["action"])
-    return {k: (v[start:end + 1] if len(v) == t + 1 else v[start:end]) for k, v in arrays.items()}
-
-
-class Buffers:
-    """HIL-SERL's two buffers: every transition to ``online``; demos and interventions to ``demos``.
-    ``cameras``: the frames they keep; ``features``: the cached tokens they keep."""
-
-    def __init__(self, capacity: int, state_dim: int, action_dim: int, cameras: dict | None, seed: int,
-                 mc_gamma: float | None = None, features: dict | None = None) -> None:
-        self.online = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed, mc_gamma=mc_gamma,
-                                   features=features)
-        self.demos = ReplayBuffer(capacity, state_dim, action_dim, cameras, seed=seed + 1, mc_gamma=mc_gamma,
-                                  features=features)
-
-    def add(self, arrays: dict[str, np.ndarray], intervened: np.ndarray, demo: bool = False) -> None:
-        if demo:
-            self.demos.add_episode(arrays)
-            return
-        self.online.add_episode(arrays)
-        for start, end in intervened_segments(intervened):
-            self.demos.add_episode(slice_episode(arrays, start, end))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"online": self.online.state_dict(), "demos": self.demos.state_dict()}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.online.load_state_dict(d["online"])
-        self.demos.load_state_dict(d["demos"])
-
-
-def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int,
+def record_demos(cfg: HILSERLConfig, replay: MixedReplay, n: int,
                  frame_encoder: FrameEncoder | None = None) -> dict[str, float | None]:
     """``n`` scripted demos through the training wrappers (frame, classifier) into the demo buffer
     (with ``frame_encoder``, the tokens of their frames too, encoded once as recorded)."""
@@ -305,7 +262,7 @@ def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int,
     seed = cfg.seed + 7
     env, _ = make_env(_without_human(cfg), seed, frame_encoder=frame_encoder)
     # the expert drives every step from just outside the base env, so frame and reward wrappers apply
-    env = _insert_innermost(env, lambda e: InterventionWrapper(e, ExpertDevice(expert_of(e), cfg.demo_noise, seed)))
+    env = insert_innermost(env, lambda e: InterventionWrapper(e, ExpertDevice(expert_of(e), cfg.demo_noise, seed)))
     shipped: list[dict[str, Any]] = []
     stream = EpisodeStream(shipped.append, actor_id=-1)
     action = np.zeros(env.action_space.shape, np.float32)  # ignored: the expert overrides it
@@ -317,7 +274,7 @@ def record_demos(cfg: HILSERLConfig, buffers: Buffers, n: int,
             obs, reward, terminated, truncated, info = env.step(action)
             stream.add(action, reward, obs, terminated, truncated, info)
             done = terminated or truncated
-        buffers.add(shipped[-1]["arrays"], shipped[-1]["intervened"], demo=True)
+        replay.add_demo(shipped[-1]["arrays"])
     env.close()
     return {"demos": n, "demo_success_rate": float(np.mean([ep["true_success"] for ep in shipped])) if n else None}
 
@@ -326,19 +283,6 @@ def _without_human(cfg: HILSERLConfig) -> HILSERLConfig:
     import dataclasses
 
     return dataclasses.replace(cfg, human="none")
-
-
-def _insert_innermost(env, wrap):
-    """Wrap the base env inside an existing wrapper stack."""
-    import gymnasium as gym
-
-    if not isinstance(env, gym.Wrapper):
-        return wrap(env)
-    outer = env
-    while isinstance(outer.env, gym.Wrapper):
-        outer = outer.env
-    outer.env = wrap(outer.env)
-    return env
 
 
 @torch.no_grad()
@@ -359,7 +303,7 @@ def evaluate_policy(cfg: HILSERLConfig, agent: Agent, episodes: int, seed: int,
         while not done:
             if filming:
                 frames.append(env.render())
-            action = agent.act(_obs_to_torch(obs, device, add_batch_dim=True), deterministic=True)[0].cpu().numpy()
+            action = agent.act(obs_to_torch(obs, device, add_batch_dim=True), deterministic=True)[0].cpu().numpy()
             obs, _, terminated, truncated, info = env.step(action)
             success, t, done = success or info["is_success"], t + 1, terminated or truncated
         successes.append(success)
@@ -373,226 +317,122 @@ def evaluate_policy(cfg: HILSERLConfig, agent: Agent, episodes: int, seed: int,
     return out
 
 
-def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
-    from vlarl.runtime import distributed
+def _schedule(cfg: HILSERLConfig) -> Schedule:
+    """HIL-SERL's: learn as soon as the buffers can give a batch, ``sac.utd`` critic steps per env
+    step at most, the curve from the untrained policy, the final evaluation on 50 episodes."""
+    return Schedule(steps=cfg.steps, utd=cfg.sac.utd, actor_every=cfg.sac.critic_steps_per_actor_step(),
+                    weights_every=cfg.weights_every, eval_every=cfg.eval_every, eval_at_start=cfg.eval_every > 0,
+                    eval_episodes=cfg.eval_episodes, final_eval_episodes=cfg.final_eval_episodes,
+                    eval_seed=10_000 + cfg.seed, final_eval_seed=20_000 + cfg.seed, save_every=cfg.save_every,
+                    save_buffer=cfg.save_buffer, log_every=cfg.log_every)
 
-    cfg, ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
-    # a finished run (final evaluation in results.json) is not started again: no actor, no evaluation
-    if resume is not None and (done := resume.finished(cfg.steps, "final_success")) is not None:
-        return done if ctx.is_main else {"follower": True, "rank": ctx.rank}
-    cfg.check()
-    distributed.require_divisible(cfg.sac.batch_size, ctx, "sac.batch_size")
-    run, cfg, progress = distributed.start_run(cfg, resume, ctx, progress)
-    threads = cfg.learner_threads or max(1, (os.cpu_count() or 2) - (cfg.actors if cfg.runtime != "inprocess" else 0))
-    torch.set_num_threads(max(1, threads // ctx.world_size))
-    rng = seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    device = ctx.device
-    events: list[str] = []
 
-    def log(msg: str) -> None:
-        events.append(msg)
-        tqdm.write(f"[learner] {msg}")
+class OnlineRun:
+    """A HIL-SERL-style run opened and restored, its demos recorded: ``loop`` (the off-policy
+    runtime) is ready for stages before the online one (ConRFT's offline stage), ``train``
+    runs the online stage with the configured actors. ``done`` holds the results instead when
+    there is nothing to train: a finished run, or a follower of a torchrun group."""
 
-    # Fail before anything starts if the device, the classifier or the env cannot be built.
-    probe, _ = make_env(cfg, cfg.seed)
-    agent = _agent_for(cfg, probe).to(device)
-    state_dim, action_dim, cameras = env_dims(probe)
-    # actors' episodes are checked against this env before they touch a buffer
-    encoder = frame_encoder_of(agent)
-    tokens = encoder.shapes if encoder is not None else None
-    frames = cameras if encoder is None or cfg.store_frames else None  # what episodes carry and buffers keep
-    episode_spec = EpisodeSpec(state_dim, action_dim, frames,
-                               int(getattr(probe.unwrapped, "episode_length", None) or cfg.env.episode_length or 10_000),
-                               features=tokens)
-    probe.close()
-    learner = cfg.make_learner(agent, gen)
-    if not ctx.is_main:  # a follower: rank 0 serves the actors, holds the buffers and evaluates
-        return distributed.follow_updates(run, agent, learner, ctx)
-    buffers = Buffers(cfg.buffer_size, state_dim, action_dim, frames, cfg.seed, cfg.mc_gamma(), tokens)
-    counters = run.restore({"agent": agent}, learner.optimizers(), {"rng": rng, "gen": gen}) or {}
-    distributed.broadcast_module(agent, ctx)
-    learner = distributed.shard_learner(learner, ctx)  # under torchrun: each update over every process
-    if "buffers" in counters:
-        buffers.load_state_dict(counters.pop("buffers"))
-    actor_state = counters.pop("actor", None)  # the in-process actor's episode count and random streams
-    c = {"env_steps": 0, "updates": 0, "episodes": 0, "intervened_steps": 0, "demo_success_rate": None,
-         "wall_s": 0.0, **counters}  # wall_s: training time of earlier sessions of this run
-    if not counters and cfg.demos:
-        c.update(record_demos(cfg, buffers, cfg.demos, encoder))
-        log(f"recorded {cfg.demos} demos (success {c['demo_success_rate']:.2f})")
-    results: dict[str, Any] = {"evals": [], "episodes": []}
-    if (run.path / "results.json").exists() and counters:
-        old = json.loads((run.path / "results.json").read_text())
-        results["evals"] = [e for e in old.get("evals", []) if e["step"] <= c["env_steps"]]
-        results["episodes"] = [e for e in old.get("episodes", []) if e["step"] <= c["env_steps"]]
-        results.update({k: v for k, v in old.items() if k.startswith("offline")})
-    t_start = time.perf_counter()
+    def __init__(self, cfg: HILSERLConfig, resume: Run | None, progress: bool,
+                 make_learner: Callable[[Agent, torch.Generator], Any], monte_carlo: bool = False,
+                 keep_results: tuple[str, ...] = ()) -> None:
+        from vlarl.runtime import distributed
 
-    local: _InProcessActor | None = None
+        self.done: dict[str, Any] | None = None
+        cfg, self.ctx = distributed.init_for(cfg, resume)  # under torchrun: one process per device
+        # a finished run (final evaluation in results.json) is not started again: no actor, no evaluation
+        if resume is not None and (done := resume.finished(cfg.steps, "final_success")) is not None:
+            self.done = done if self.ctx.is_main else {"follower": True, "rank": self.ctx.rank}
+            return
+        cfg.check()
+        distributed.require_divisible(cfg.sac.batch_size, self.ctx, "sac.batch_size")
+        run, cfg, progress = distributed.start_run(cfg, resume, self.ctx, progress)
+        self.cfg, self.run = cfg, run
+        threads = cfg.learner_threads or max(1, (os.cpu_count() or 2) - (cfg.actors if cfg.runtime != "inprocess" else 0))
+        torch.set_num_threads(max(1, threads // self.ctx.world_size))
+        rng = seed_everything(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        device = self.ctx.device
+        # Fail before anything starts if the device, the classifier or the env cannot be built.
+        probe, _ = make_env(cfg, cfg.seed)
+        self.agent = agent = agent_for(cfg, probe).to(device)
+        state_dim, action_dim, cameras = env_dims(probe)
+        encoder = frame_encoder_of(agent)
+        tokens = encoder.shapes if encoder is not None else None
+        frames = cameras if encoder is None or cfg.store_frames else None  # what episodes carry and buffers keep
+        # actors' episodes are checked against this env before they touch a buffer
+        self.episode_spec = EpisodeSpec(
+            state_dim, action_dim, frames,
+            int(getattr(probe.unwrapped, "episode_length", None) or cfg.env.episode_length or 10_000), features=tokens)
+        self.obs_keys = observation_keys(state_dim, frames, tokens)
+        probe.close()
+        learner = make_learner(agent, gen)
+        if not self.ctx.is_main:  # a follower: rank 0 serves the actors, holds the buffers and evaluates
+            self.done = distributed.follow_updates(run, agent, learner, self.ctx)
+            return
+        mc_gamma = cfg.sac.gamma if monte_carlo else None  # Monte-Carlo returns kept (Cal-QL's floor)
+        online, demos = (ReplayBuffer(cfg.buffer_size, state_dim, action_dim, frames, seed=cfg.seed + i,
+                                      mc_gamma=mc_gamma, features=tokens) for i in (0, 1))
+        replay = MixedReplay(online, demos, cfg.sac.batch_size, cfg.sac.offline_ratio, offline_grows=True)
+        self.loop = OffPolicyLoop(
+            run, cfg.name, agent, learner, replay, _schedule(cfg),
+            lambda sample: to_torch(sample, device, cfg.sac.augment and cameras is not None, gen, cfg.sac.feature_shift),
+            lambda n, seed, video: evaluate_policy(cfg, agent, n, seed, video=video), {"rng": rng, "gen": gen},
+            log=lambda msg: tqdm.write(f"[learner] {msg}"), progress=progress,
+            video=run.path / "final_policy.mp4" if cfg.video else None)
+        resumed = self.loop.restore(keep_results)
+        distributed.broadcast_module(agent, self.ctx)
+        self.loop.learner = distributed.shard_learner(learner, self.ctx)  # under torchrun: each update over every process
+        self.loop.counters.setdefault("demo_success_rate", None)
+        if not resumed and cfg.demos:
+            self.loop.counters.update(record_demos(cfg, replay, cfg.demos, encoder))
+            self.loop.log(f"recorded {cfg.demos} demos (success {self.loop.counters['demo_success_rate']:.2f})")
 
-    def save() -> None:
-        saved = {**c, "wall_s": c["wall_s"] + time.perf_counter() - t_start}
-        if cfg.save_buffer:
-            saved["buffers"] = buffers.state_dict()
-        if local is not None:
-            saved["actor"] = local.state_dict()
-        run.save(c["env_steps"], {"agent": agent}, learner.optimizers(), saved, {"rng": rng, "gen": gen})
-        run.write_results(results)
-
-    cfg.before_online({"run": run, "agent": agent, "learner": learner, "buffers": buffers, "counters": c,
-                       "results": results, "device": device, "generator": gen, "augment": cameras is not None,
-                       "save": save, "log": log, "progress": progress})
-
-    server = actors = local = None
-    if cfg.runtime == "inprocess":
-        local = _InProcessActor(cfg, agent, actor_state)
-    else:
+    def source(self) -> EpisodeSource:
+        """The configured actors: one env here (``inprocess``), or actor processes / Ray actors."""
+        cfg, loop = self.cfg, self.loop
+        if cfg.runtime == "inprocess":
+            return LocalSource(build_actor(cfg, 0, self.agent), loop.replay, whole_episodes=True, state=loop.source_state)
         if cfg.runtime == "ray" and cfg.transport.host == "127.0.0.1" and cfg.ray_address:
-            log("runtime=ray with a cluster: set transport.host=0.0.0.0 so remote actors can connect")
-        secret = start_run_secret(run.path)  # fresh at each start; actors read RUN/secret (0600)
-        server = LearnerServer(cfg.transport, run.path, secret, episode_spec, max_actors=cfg.actors, log=log)
-        actors = ActorLauncher(cfg.runtime, run.path, cfg.actor_entry, cfg.actors,
-                               cfg.respawn_actors, cfg.ray_address, log, secret=secret)
-        actors.ensure(_reachable(server))
+            loop.log("runtime=ray with a cluster: set transport.host=0.0.0.0 so remote actors can connect")
+        secret = start_run_secret(self.run.path)  # fresh at each start; actors read RUN/secret (0600)
+        server = LearnerServer(cfg.transport, self.run.path, secret, self.episode_spec, max_actors=cfg.actors, log=loop.log)
+        launcher = ActorLauncher(cfg.runtime, self.run.path, cfg.actor_entry, cfg.actors, cfg.respawn_actors,
+                                 cfg.ray_address, loop.log, secret=secret)
+        return RemoteSource(server, launcher, loop.replay, lambda: _acting_state(self.agent), loop.log,
+                            stall_s=max(30.0, 6 * cfg.transport.timeout_s), address=_reachable(server))
 
-    version = c["updates"]
-
-    def publish() -> None:
-        if local is not None:  # shares the learner's agent: only the human's progress to pass on
-            local.parts.load({"state_dict": None, "env_steps": c["env_steps"]})
-        else:
-            assert server is not None
-            server.publish(version, {"state_dict": _acting_state(agent), "env_steps": c["env_steps"]})
-
-    publish()
-    last_data = time.monotonic()
-    next_eval = (c["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
-    next_save = (c["env_steps"] // cfg.save_every + 1) * cfg.save_every
-    bar = tqdm(total=cfg.steps, initial=c["env_steps"], desc=cfg.name, unit="step", disable=not progress)
-
-    if cfg.eval_every and not results["evals"]:  # where the curve starts: the untrained policy
-        results["evals"].append({"step": c["env_steps"], "updates": c["updates"],
-                                 **evaluate_policy(cfg, agent, cfg.eval_episodes, 10_000 + cfg.seed)})
-    # Ctrl-C sets a flag the loop checks between steps, instead of raising wherever the main
-    # thread happens to be (inside a lock, a socket send or a checkpoint write), so the
-    # shutdown below always starts from a known state.
-    interrupted = threading.Event()
-    previous_handler = _on_sigint(interrupted.set)
-    try:
-        while c["env_steps"] < cfg.steps:
-            # in-process, the stop waits for the episode in progress to end, so the checkpoint is
-            # one an uninterrupted run passes through and a resume continues it exactly
-            if interrupted.is_set() and (local is None or local.between_episodes):
-                raise KeyboardInterrupt
-            if local is not None:
-                local.step()
-                incoming = local.take()
-            else:
-                assert server is not None and actors is not None
-                incoming = [ep for _, ep in server.inbox.drain()]
-                actors.watch()
-            for ep in incoming:
-                n = len(ep["arrays"]["action"])
-                buffers.add(ep["arrays"], ep["intervened"])
-                c["env_steps"] += n
-                c["episodes"] += 1
-                k = int(ep["intervened"].sum())
-                c["intervened_steps"] += k
-                row = {"step": c["env_steps"], "length": n, "success": ep["success"],
-                       "true_success": ep["true_success"], "intervention_rate": k / n, "actor": ep["actor"]}
-                results["episodes"].append(row)
-                run.log(c["env_steps"], episode_success=float(ep["success"]), episode_true_success=float(ep["true_success"]),
-                        intervention_rate=k / n, episode_length=n)
-                bar.update(n)
-                last_data = time.monotonic()
-            # 50/50 once the demo buffer holds half a batch; online only when there are no demos
-            # and no interventions yet (an online-only run never fills it)
-            half = cfg.sac.batch_size // 2
-            demos = buffers.demos if len(buffers.demos) >= half else None
-            ready = len(buffers.online) >= (half if demos is not None else cfg.sac.batch_size)
-            if ready and c["updates"] < cfg.updates_per_step * c["env_steps"]:
-                sample = sample_mixed(buffers.online, demos, cfg.sac.batch_size, cfg.sac.utd,
-                                      cfg.sac.offline_ratio if demos is not None else 0.0)
-                learner.env_steps = c["env_steps"]  # schedules (ConRFT's beta) follow the env steps
-                info = learner.update(to_torch(sample, device, cfg.sac.augment and cameras is not None, gen,
-                                               cfg.sac.feature_shift))
-                c["updates"] += 1
-                if c["updates"] % cfg.weights_every == 0:
-                    version = c["updates"]
-                    publish()
-                if c["updates"] % cfg.log_every == 0:
-                    run.log(c["env_steps"], updates=c["updates"], **{k: float(v) for k, v in info.items()},
-                            **_actor_scalars(server))
-            elif server is not None:
-                time.sleep(0.005)
-                if time.monotonic() - last_data > max(30.0, 6 * cfg.transport.timeout_s):
-                    log(f"no episode from any actor for {time.monotonic() - last_data:.0f} s "
-                        f"(connected: {server.connected}); check the actor logs in {run.path / 'actors'}")
-                    last_data = time.monotonic()
-            if c["env_steps"] >= next_eval and c["env_steps"] < cfg.steps:
-                results["evals"].append({"step": c["env_steps"], "updates": c["updates"],
-                                         **evaluate_policy(cfg, agent, cfg.eval_episodes, 10_000 + cfg.seed)})
-                run.log(c["env_steps"], eval_success=results["evals"][-1]["success"])
-                bar.set_postfix(success=f"{results['evals'][-1]['success']:.2f}")
-                next_eval += cfg.eval_every
-            if c["env_steps"] >= next_save:
-                save()
-                next_save += cfg.save_every
-        if ctx.enabled:  # every process must end with rank 0's weights
-            results["replica_gap"] = learner.replica_gap()
-    except KeyboardInterrupt:
-        log("interrupted: saving a checkpoint and stopping the actors")
-        save()
-        _shutdown(server, actors)
-        bar.close()
-        run.close()
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-        if ctx.enabled:  # the followers return
-            learner.stop()
-    wall = c["wall_s"] + time.perf_counter() - t_start  # across restarts
-    actor_hz = _actor_scalars(server).get("actor_hz")
-    _shutdown(server, actors)
-    bar.close()
-    save()
-    final = evaluate_policy(cfg, agent, cfg.final_eval_episodes, 20_000 + cfg.seed,
-                            video=run.path / "final_policy.mp4" if cfg.video else None)
-    results["evals"].append({"step": c["env_steps"], "updates": c["updates"], **final})
-    results.update(
-        final_success=final["success"], final_ci95=final["ci95"], final_mean_length=final["mean_length"],
-        video=final.get("video"), plot=str(run.path / f"{cfg.name.replace('-', '_')}.png"),
-        env_steps=c["env_steps"], updates=c["updates"], num_episodes=c["episodes"],
-        intervention_rate=c["intervened_steps"] / max(c["env_steps"], 1), wall_clock_min=wall / 60,
-        actor_hz=actor_hz if actor_hz is not None else (local.hz if local is not None else None),
-        dropped_episodes=(server.inbox.dropped if server else 0), demo_success_rate=c["demo_success_rate"],
-        runtime=cfg.runtime, resumed_from=run.resumed_step, events=events[-50:],
-        obs_keys=observation_keys(state_dim, frames, tokens), bytes_per_transition=buffers.online.bytes_per_frame,
-    )
-    run.write_results(results)
-    _plot(results, Path(results["plot"]))
-    run.close()
-    return results
+    def train(self) -> dict[str, Any]:
+        """The online stage to ``steps`` env steps, then the final figures, plot and results.json."""
+        cfg, loop = self.cfg, self.loop
+        try:
+            results = loop.train(self.source())
+            if self.ctx.enabled:  # every process must end with rank 0's weights
+                results["replica_gap"] = loop.learner.replica_gap()
+        except KeyboardInterrupt:
+            self.run.close()
+            raise
+        finally:
+            if self.ctx.enabled:  # the followers return
+                loop.learner.stop()
+        results.update(plot=str(self.run.path / f"{cfg.name.replace('-', '_')}.png"),
+                       demo_success_rate=loop.counters["demo_success_rate"], runtime=cfg.runtime,
+                       obs_keys=self.obs_keys)
+        self.run.write_results(results)
+        _plot(results, Path(results["plot"]))
+        self.run.close()
+        return results
 
 
-def _on_sigint(callback):
-    """Call ``callback`` on SIGINT (main thread only); returns the handler it replaced."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, lambda *_: callback())
+def train_hil_serl(cfg: HILSERLConfig | None = None, resume: Run | None = None, progress: bool = True) -> dict[str, Any]:
+    """Demos, then the online stage: SAC from the actors' episodes and the demo buffer 50/50."""
+    run = OnlineRun(cfg or HILSERLConfig(), resume, progress, _sac_learner)
+    return run.done if run.done is not None else run.train()
 
 
-def _actor_scalars(server: LearnerServer | None) -> dict[str, float]:
-    if server is None or not server.actor_stats:
-        return {}
-    fresh = [s for s in list(server.actor_stats.values()) if "hz" in s and time.time() - s["received"] < 10]
-    if not fresh:
-        return {}
-    return {"actor_hz": float(np.mean([s["hz"] for s in fresh])),
-            "actor_dropped": float(sum(s["dropped"] for s in fresh)),
-            "actors_connected": float(len(server.connected))}
+def _sac_learner(agent: Agent, _generator: torch.Generator) -> SACLearner:
+    assert isinstance(agent, SACAgent)
+    return SACLearner(agent)
 
 
 def _reachable(server: LearnerServer) -> tuple[str, int]:
@@ -602,67 +442,6 @@ def _reachable(server: LearnerServer) -> tuple[str, int]:
 
         return socket.gethostbyname(socket.gethostname()), server.port
     return server.host, server.port
-
-
-def _shutdown(server: LearnerServer | None, actors: ActorLauncher | None) -> None:
-    if server is None:
-        return
-    server.stop_actors()
-    if actors is not None:
-        actors.stop()
-    server.close()
-
-
-class _InProcessActor:
-    """Actor and learner in one process, interleaved one env step per loop (debugging, tests)."""
-
-    def __init__(self, cfg: HILSERLConfig, agent: Agent, state: dict[str, Any] | None = None) -> None:
-        self.parts = build_actor(cfg, 0, agent)
-        self._out: list[dict[str, Any]] = []
-        self.stepper = EnvStepper(self.parts, self._out.append, 0)
-        self._t0 = time.perf_counter()
-        self.between_episodes = True  # no step of the current episode taken yet
-        if state is not None:
-            self.load_state_dict(state)
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a resume needs to go on as if never stopped, saved between episodes (where the
-        learner checkpoints): the episode count (the next reset's seed) and the random streams
-        of the env's intervention devices (the simulated human's tremor)."""
-        return {"episodes": self.stepper.episodes, "rngs": [g.bit_generator.state for g in self._generators()]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue at episode ``state["episodes"]``; an episode cut short by the stop starts over."""
-        generators = self._generators()
-        if len(generators) == len(state["rngs"]):  # else the run was resumed with other devices
-            for gen, saved in zip(generators, state["rngs"]):
-                gen.bit_generator.state = saved
-        st = self.stepper
-        st.episodes = state["episodes"]
-        st.obs, _ = st.parts.env.reset(seed=st.parts.seed + st.episodes)
-        st.stream.start(st.obs)
-
-    def _generators(self) -> list[np.random.Generator]:
-        out, env = [], self.parts.env
-        while env is not None:  # the wrapper chain, outermost first
-            rng = getattr(getattr(env, "device", None), "rng", None)
-            if isinstance(rng, np.random.Generator):
-                out.append(rng)
-            env = getattr(env, "env", None)
-        return out
-
-    def step(self) -> None:
-        episodes = self.stepper.episodes
-        self.stepper.step()
-        self.between_episodes = self.stepper.episodes != episodes
-
-    def take(self) -> list[dict[str, Any]]:
-        out, self._out[:] = list(self._out), []
-        return out
-
-    @property
-    def hz(self) -> float:
-        return self.stepper.steps / max(time.perf_counter() - self._t0, 1e-9)
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vlarl.algos.sac import obs_to_torch
 from vlarl.envs.spaces import env_dims
 from vlarl.errors import VlarlError, unknown
 from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
 from vlarl.recipes.hil_serl import Agent, HILSERLConfig
-from vlarl.recipes.rlpd import RLPDConfig, _obs_to_torch
+from vlarl.recipes.rlpd import RLPDConfig
 from vlarl.recipes.sft import SFTConfig
 from vlarl.runtime import Run, finish_stage, latest_checkpoint, load_checkpoint, load_config, seed_everything
 from vlarl.runtime.config import check_ranges, ranged
@@ -192,7 +193,8 @@ def load_specialist(run_dir: str | Path, recipe: str, data_env: EnvConfig, devic
         agent = SACAgent(rlpd_cfg.sac, *env_dims(probe))
         probe.close()
     elif recipe == "hil-serl":
-        from vlarl.recipes.hil_serl import _agent_for, _insert_innermost
+        from vlarl.envs.wrappers import insert_innermost
+        from vlarl.recipes.hil_serl import agent_for
         from vlarl.recipes.hil_serl import make_env as hil_env
 
         hil_cfg = load_config(HILSERLConfig, run_dir / "config.yaml")
@@ -200,10 +202,10 @@ def load_specialist(run_dir: str | Path, recipe: str, data_env: EnvConfig, devic
 
         def make_env(seed: int):
             env, _ = hil_env(hil_cfg, seed, training=False)  # no human, no classifier: the policy alone
-            return _insert_innermost(env, PixelsRecorder)
+            return insert_innermost(env, PixelsRecorder)
 
         probe = make_env(0)
-        agent = _agent_for(hil_cfg, probe)
+        agent = agent_for(hil_cfg, probe)
         probe.close()
     else:
         raise VlarlError(unknown("specialist", recipe, SPECIALISTS))
@@ -214,7 +216,7 @@ def load_specialist(run_dir: str | Path, recipe: str, data_env: EnvConfig, devic
 
     @torch.no_grad()
     def act(obs: dict[str, Any]) -> np.ndarray:
-        return agent.act(_obs_to_torch(obs, device, add_batch_dim=True), deterministic=True)[0].cpu().numpy()
+        return agent.act(obs_to_torch(obs, device, add_batch_dim=True), deterministic=True)[0].cpu().numpy()
 
     return Specialist(run_dir, recipe, make_env, act)
 

@@ -163,6 +163,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         values = loaded
+        upgrade = getattr(cls, "upgrade", None)  # a recipe's renamed keys, in files an older vlarl wrote
+        if upgrade is not None:
+            values = upgrade(values)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")

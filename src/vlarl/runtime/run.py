@@ -228,10 +228,13 @@ def _start_wandb(path: Path, config: Any) -> Any:
 
 def finish_stage(train: Callable[..., dict[str, Any]], config_cls: type, cfg: Any, progress: bool = True) -> dict[str, Any]:
     """A recipe's sub-run at ``cfg.run_dir``: its results when it finished, else resumed from
-    its last checkpoint (with ``cfg``) or started, and run to the end."""
+    its last checkpoint (with ``cfg``) or started, and run to the end. A results.json marked
+    ``partial`` (the off-policy loop's, written at each checkpoint) is not a finished run."""
     path = Path(cfg.run_dir)
     if (path / "results.json").exists():
-        return json.loads((path / "results.json").read_text())
+        results = json.loads((path / "results.json").read_text())
+        if not results.get("partial"):  # a run's figures so far, written with its checkpoints
+            return results
     resume = Run.resume(path, config_cls, config=cfg) if (path / "config.yaml").exists() else None
     return train(None if resume else cfg, resume=resume, progress=progress)
 
