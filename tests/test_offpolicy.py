@@ -91,6 +91,7 @@ def test_the_loop_waits_for_a_ready_replay_and_resumes_its_counters(tmp_path):
     loop.train(EpisodesOf(replay, 10))
     assert loop.counters["learning_from"] == 20  # the third episode made 30 >= 25 rows
     assert min(step for _, step in learner.updates) == 30
+    assert [e["step"] for e in loop.results["episodes"]] == [10, 20, 30, 40]  # each at the step it ended
     again, learner2, replay2 = _loop(tmp_path / "again", s, batch_size=25)
     again.run = Run.resume(tmp_path / "run", type(loop.run.config))
     assert again.restore()

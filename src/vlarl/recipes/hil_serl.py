@@ -387,6 +387,7 @@ class OnlineRun:
         if not resumed and cfg.demos:
             self.loop.counters.update(record_demos(cfg, replay, cfg.demos, encoder))
             self.loop.log(f"recorded {cfg.demos} demos (success {self.loop.counters['demo_success_rate']:.2f})")
+        self.loop.start_clock()  # wall_clock_min: training, not the demos
 
     def source(self) -> EpisodeSource:
         """The configured actors: one env here (``inprocess``), or actor processes / Ray actors."""

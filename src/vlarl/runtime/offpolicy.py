@@ -136,6 +136,10 @@ class OffPolicyLoop:
         # the curve so far; "partial" until the final figures are in (finish_stage, a resume read it)
         self.run.write_results({**self.results, "partial": True})
 
+    def start_clock(self) -> None:
+        """Training time counts from now (after the demos are recorded, say)."""
+        self._t_start = time.perf_counter()
+
     @property
     def wall_s(self) -> float:
         """Training time of this run across its sessions."""
@@ -175,14 +179,17 @@ class OffPolicyLoop:
         steps, rows = collected
         c["env_steps"] += steps
         bar.update(steps)
-        for row in rows:
+        ended = c["env_steps"] - sum(row["length"] for row in rows[1:])  # each episode at the step it ended
+        for i, row in enumerate(rows):
             n = row["length"]
+            if i:
+                ended += n
             c["episodes"] += 1
             c["intervened_steps"] += row["intervened"]
-            self.results["episodes"].append({"step": c["env_steps"], "length": n, "return": row["return"],
+            self.results["episodes"].append({"step": ended, "length": n, "return": row["return"],
                                              "success": row["success"], "true_success": row["true_success"],
                                              "intervention_rate": row["intervened"] / n, "actor": row["actor"]})
-            self.run.log(c["env_steps"], episode_return=row["return"], episode_length=n,
+            self.run.log(ended, episode_return=row["return"], episode_length=n,
                          episode_success=float(row["success"]), episode_true_success=float(row["true_success"]),
                          intervention_rate=row["intervened"] / n)
 
@@ -193,13 +200,12 @@ class OffPolicyLoop:
         self.run.log(c["env_steps"], eval_success=row["success"])
         return row
 
-    def train(self, source: EpisodeSource, publish_first: bool = True) -> dict[str, Any]:
+    def train(self, source: EpisodeSource) -> dict[str, Any]:
         """Collect ``schedule.steps`` env steps from ``source`` and learn as the data comes;
         evaluate, checkpoint, and on Ctrl-C save and re-raise. ``source`` is closed at the end."""
         s, c = self.schedule, self.counters
         self._source = source
-        if publish_first:
-            source.publish(c["updates"], c["env_steps"])
+        source.publish(c["updates"], c["env_steps"])
         next_eval = (c["env_steps"] // s.eval_every + 1) * s.eval_every if s.eval_every else math.inf
         next_save = (c["env_steps"] // s.save_every + 1) * s.save_every
         bar = tqdm(total=s.steps, initial=c["env_steps"], desc=self.name, unit="step", disable=not self.progress)
