@@ -309,9 +309,15 @@ def _markdown(data: dict) -> str:
         lines.append("")
     r = data.get("rlpd_pixels")
     if r:
-        lines += ["## RLPD from cameras (metaworld/drawer-open)", "", f"`{r['command']}`", "",
-                  f"- success at {r['env_steps']} env steps: {r['success']:.2f} (per seed {r['per_seed']})",
-                  f"- bytes_per_transition: {r['runs'][0]['bytes_per_transition']}", ""]
+        status = f" — status: {r['status']}" if "status" in r else ""
+        lines += ["## RLPD from cameras (metaworld/drawer-open)", "", f"`{r['command']}`{status}", ""]
+        if r.get("success") is not None:
+            lines += [f"- success at {r['env_steps']} env steps: {r['success']:.2f} (per seed {r['per_seed']})",
+                      f"- bytes_per_transition: {r['runs'][0]['bytes_per_transition']}"]
+        for run in r["runs"]:
+            lines.append(f"- seed {run['seed']} curve (10-episode evals): "
+                         + ", ".join(f"{e['step']}: {e['success']:.2f}" for e in run["curve"]))
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
