@@ -109,7 +109,7 @@ class Variant:
     def update(self) -> None:
         from vlarl.algos.sac import to_torch
 
-        sample = self.buffer.sample(self.cfg.batch_size, self.cfg.utd)
+        sample = self.buffer.sample(self.cfg.batch_size, self.cfg.critic_steps_per_actor_step())
         self.learner.update(to_torch(sample, "cpu", self.augment, self.gen, self.cfg.feature_shift))
 
     def time(self, seconds: float) -> float:
@@ -147,7 +147,7 @@ def throughput(args) -> dict:
     return {
         "command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
-        "config": {"ensemble": variants[0].cfg.ensemble, "utd": variants[0].cfg.utd,
+        "config": {"ensemble": variants[0].cfg.ensemble, "actor_every": variants[0].cfg.critic_steps_per_actor_step(),
                    "batch_size": variants[0].cfg.batch_size, "encoder": variants[1].cfg.encoder,
                    "spatial_kernels": kernels, "feature_pool": args.feature_pool, "augment": False,
                    "cameras": {c: list(s) for c, s in CAMERAS.items()}},
@@ -223,8 +223,11 @@ def rlpd(args) -> dict:
         env = load_config(RLPDConfig, cfg_path).env
         collect(CollectConfig(env=env, policy="scripted", episodes=args.demos, noise=0.1, seed=50_000, workers=1,
                               source="expert", out=str(demos)), progress=False)
+    import torch
+
+    torch.set_num_threads(args.threads)
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         run_dir = work / f"seed{seed}"
         done = run_dir / "results.json"
         if done.exists() and json.loads(done.read_text()).get("final_success") is not None:
@@ -267,7 +270,7 @@ def _markdown(data: dict) -> str:
     t = data.get("throughput")
     if t:
         lines += ["## Learner throughput from cameras", "", f"`{t['command']}` on {t['machine']}.",
-                  f"HIL-SERL's SAC: E={t['config']['ensemble']}, {t['config']['utd']} critic steps per actor step, "
+                  f"HIL-SERL's SAC: E={t['config']['ensemble']}, {t['config'].get('actor_every', t['config'].get('utd'))} critic steps per actor step, "
                   f"batch {t['config']['batch_size']}, {t['config']['encoder']} frozen, "
                   f"{t['config']['spatial_kernels']} spatial kernels, grid pooled by {t['config']['feature_pool']}; "
                   "front + wrist 128 px. grid8: the stride-16 grid unpooled (8 x 8 cells); flatten: a linear "
@@ -345,6 +348,9 @@ def main() -> None:
     r = sub.add_parser("rlpd")
     r.add_argument("--steps", type=int, default=20_000)
     r.add_argument("--seeds", type=int, default=3)
+    r.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed+seeds-1 (to run seeds side by side as separate processes)")
+    r.add_argument("--threads", type=int, default=2)
     r.add_argument("--demos", type=int, default=10)
     r.add_argument("--work", default="runs/bench-pixels-rlpd")
     r.add_argument("--set", nargs="*", default=[])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlarl.algos.sac import SACAgent, SACConfig, to_torch
+from vlarl.algos.sac import SACAgent, SACConfig, SpatialEmbedding, to_torch
 from vlarl.data.augment import random_grid_shift
 from vlarl.data.replay import ReplayBuffer
 from vlarl.errors import VlarlError
@@ -24,6 +24,18 @@ def _agent(**kw) -> SACAgent:
 def _frames(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {c: rng.integers(0, 256, (n, *s), dtype=np.uint8) for c, s in CAMS.items()}
+
+
+def test_spatial_embedding_is_a_learned_weighted_sum_of_each_channel_over_the_grid():
+    torch.manual_seed(0)
+    embed = SpatialEmbedding(channels=6, cells=4, kernels=3)
+    maps = torch.randn(5, 6, 4)  # (B, C, N)
+    out = embed(maps)
+    expected = torch.einsum("bcn,cnk->bck", maps, embed.kernel).flatten(1)  # (B, C * K), channel-major
+    assert out.shape == (5, 18)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    torch.testing.assert_close(embed.kernel.grad, maps.sum(0)[..., None].expand(6, 4, 3))
 
 
 @pytest.mark.parametrize("pool", [1, 2])
@@ -78,7 +90,7 @@ def test_the_learner_trains_on_cached_tokens_and_never_runs_the_encoder(monkeypa
         leaves = [t for b in batches for o in ("obs", "next_obs") for t in (b[o]["state"], *b[o]["features"].values())]
         assert all(t.shape[0] == 8 for t in leaves)  # batch first: a data-parallel learner shards dim 0
         info = learner.update(batches)
-        assert batches[0]["obs"]["maps"]["front"].shape == (112, 8, 16)  # laid out once, read by every head
+        assert batches[0]["obs"]["maps"]["front"].shape == (8, 112, 16)  # laid out once, read by every head
         assert torch.isfinite(info["critic_loss"])
     assert not torch.equal(before, agent.critic.pixels.spatial["front"].kernel)
 

@@ -10,7 +10,7 @@ import torch
 
 from vlarl.errors import VlarlError
 
-from vlarl.algos.sac import (SACAgent, SACConfig, SACLearner, critic_loss, gripper_index, gripper_target, soft_update,
+from vlarl.algos.sac import (SACAgent, SACConfig, SACLearner, SoftUpdate, critic_loss, gripper_index, gripper_target,
                              td_target, temperature_loss)
 
 
@@ -85,7 +85,7 @@ def test_soft_update_and_update_step():
     with torch.no_grad():
         for p in agent.critic.parameters():
             p.add_(1.0)
-    soft_update(agent.target_critic, agent.critic, 0.5)
+    SoftUpdate(agent.target_critic, agent.critic)(0.5)
     for t0, t1, s in zip(target, agent.target_critic.parameters(), agent.critic.parameters()):
         torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s)
     learner = SACLearner(agent)
@@ -93,6 +93,19 @@ def test_soft_update_and_update_step():
     info = learner.update([batch(), batch()])
     assert set(info) >= {"critic_loss", "actor_loss", "alpha", "entropy"}
     assert any(not torch.equal(a, p) for a, p in zip(actor_before, agent.actor.parameters()))
+
+
+def test_soft_update_leaves_frozen_parameters_alone():
+    source = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    target = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    source[0].requires_grad_(False)
+    frozen_before = [p.detach().clone() for p in target[0].parameters()]
+    trainable_before = [p.detach().clone() for p in target[1].parameters()]
+    SoftUpdate(target, source)(0.25)
+    for before, now in zip(frozen_before, target[0].parameters()):
+        assert torch.equal(before, now)
+    for before, now, s in zip(trainable_before, target[1].parameters(), source[1].parameters()):
+        torch.testing.assert_close(now, 0.75 * before + 0.25 * s)
 
 
 def gripper_agent(**kw):

@@ -24,7 +24,7 @@ from torch import nn
 
 from vlarl.algos.calql import CalQLConfig, calql_critic_loss
 from vlarl.algos.consistency import ConsistencyConfig, ConsistencyHead, consistency_bc_loss
-from vlarl.algos.sac import Critic, SACConfig, frozen, soft_update
+from vlarl.algos.sac import Critic, SACConfig, SoftUpdate, frozen
 from vlarl.errors import VlarlError
 from vlarl.ranges import ranged
 
@@ -123,6 +123,7 @@ class ConRFTLearner:
         self.critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=agent.sac_cfg.lr)
         self.actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=agent.cfg.actor_lr)
         self.generator = generator
+        self.soft_update = SoftUpdate(agent.target_critic, agent.critic)
         self.offline = False  # the recipe sets it for the offline stage
         self.env_steps = 0  # online env steps so far (the runtime sets it): drives beta
         # As SACLearner's: called with the parameters about to be stepped, after each backward.
@@ -155,7 +156,7 @@ class ConRFTLearner:
             loss_q.backward()
             sync(agent.critic.parameters())
             self.critic_opt.step()
-            soft_update(agent.target_critic, agent.critic, agent.sac_cfg.tau)
+            self.soft_update(agent.sac_cfg.tau)
         info = {"critic_loss": loss_q.detach(), **info}
         if update_actor:
             eta, beta = self.weights()

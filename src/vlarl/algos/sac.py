@@ -114,12 +114,12 @@ def gripper_index(command: torch.Tensor) -> torch.Tensor:
 
 
 def feature_maps(tokens: torch.Tensor) -> torch.Tensor:
-    """Cached tokens (B, C, N), any float dtype -> contiguous float32 channel maps (C, B, N)."""
-    return tokens.transpose(0, 1).to(torch.float32, memory_format=torch.contiguous_format)
+    """Cached tokens (B, C, N), any float dtype -> contiguous float32 channel maps (B, C, N)."""
+    return tokens.to(torch.float32, memory_format=torch.contiguous_format)
 
 
 class SpatialEmbedding(nn.Module):
-    """Channel maps (C, B, N) -> (B, C * K): K learned maps over the N grid cells for each
+    """Channel maps (B, C, N) -> (B, C * K): K learned maps over the N grid cells for each
     channel, each one a weighted sum of that channel over the grid (HIL-SERL's spatial learned
     embeddings)."""
 
@@ -128,16 +128,18 @@ class SpatialEmbedding(nn.Module):
         self.kernel = nn.Parameter(torch.randn(channels, cells, kernels) / cells ** 0.5)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(maps, self.kernel).transpose(0, 1).flatten(1)  # one product per channel
+        # one (K, N) x (N, B) product per channel, the batch as the long side: on a CPU about
+        # twice as fast as (B, N) x (N, K) products, and the maps are read as stored
+        per_channel = torch.matmul(self.kernel.transpose(1, 2), maps.permute(1, 2, 0))  # (C, K, B)
+        return per_channel.permute(2, 0, 1).flatten(1)
 
 
 class PixelFeatures(nn.Module):
     """Camera frames, or their cached tokens, -> a feature vector.
 
     Tokens are channel maps, (channels, cells) a frame: the layout the replay stores (a
-    frame's tokens from ``FrameEncoder``) and the one the spatial embedding multiplies, so a
-    minibatch is converted to float32 (C, B, N) once, in row-sized copies, and shared by every
-    head that reads it. ``tokens`` runs the encoder (or takes the cached tokens of a frozen
+    frame's tokens from ``FrameEncoder``), so a minibatch is converted to float32 (B, C, N) once
+    and shared by every head that reads it. ``tokens`` runs the encoder (or takes the cached tokens of a frozen
     one, ``obs["features"]``); ``head`` is the trainable part: per camera a spatial embedding
     (``spatial_kernels``) or a flatten, then Linear -> LayerNorm -> tanh over all cameras, as
     DrQ-v2 projects conv features.
@@ -166,7 +168,7 @@ class PixelFeatures(nn.Module):
         return FrameEncoder(self.encoder, self.cameras, self.token_shape, self.pool) if self.caches else None
 
     def tokens(self, obs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Camera -> float32 channel maps (C, B, N): from the cached tokens (B, C, N) when ``obs``
+        """Camera -> float32 channel maps (B, C, N): from the cached tokens (B, C, N) when ``obs``
         has them, else from the encoder run now."""
         if "features" in obs:
             # laid out once per observation batch and kept beside it: the online critic, the target
@@ -185,7 +187,7 @@ class PixelFeatures(nn.Module):
             parts = [self.spatial[c](tokens[c]) for c in self.cameras]
         else:
             # token-major (B, N * C), the order this projection has always had: older checkpoints load as they were
-            parts = [tokens[c].permute(1, 2, 0).flatten(1) for c in self.cameras]
+            parts = [tokens[c].transpose(1, 2).flatten(1) for c in self.cameras]
         return self.proj(torch.cat(parts, dim=1))
 
     def forward(self, obs: dict[str, Any]) -> torch.Tensor:
@@ -333,7 +335,8 @@ def critic_loss(agent: SACAgent, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def actor_loss(agent: SACAgent, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    features = agent.critic.features(batch["obs"]).detach()  # the encoder learns from the critic only
+    with torch.no_grad():  # the encoder and its head learn from the critic only
+        features = agent.critic.features(batch["obs"])
     a, logp = agent.actor(features)
     with frozen(agent.critic.q):  # gradients flow to the action only; no critic weight gradients to compute
         q = agent.critic(features, a).mean(0)
@@ -368,6 +371,7 @@ class SACLearner:
         self.alpha_opt = torch.optim.Adam([agent.log_alpha], lr=cfg.lr)
         # compiled once per learner; the first update pays the compile time (about 30 s on 2 CPU cores)
         self.critic_loss = torch.compile(critic_loss) if cfg.compile else critic_loss
+        self.soft_update = SoftUpdate(agent.target_critic, agent.critic)
         self.env_steps = 0  # set by online recipes; SAC has no schedule that reads it
         # Called with the parameters about to be stepped, after each backward: data-parallel
         # learners average gradients here (runtime.distributed.average_gradients).
@@ -388,7 +392,7 @@ class SACLearner:
             loss_q.backward()
             sync(agent.critic.parameters())
             self.critic_opt.step()
-            soft_update(agent.target_critic, agent.critic, agent.cfg.tau)
+            self.soft_update(agent.cfg.tau)
         info = {"critic_loss": loss_q.detach()}
         if update_actor:
             loss_pi, logp = actor_loss(agent, batches[-1])
@@ -405,12 +409,19 @@ class SACLearner:
         return info
 
 
-@torch.no_grad()
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) target + tau source, all parameters in one fused call."""
-    t: list[torch.Tensor] = list(target.parameters())
-    s: list[torch.Tensor] = list(source.parameters())
-    torch._foreach_lerp_(t, s, tau)
+class SoftUpdate:
+    """target <- (1 - tau) target + tau source over the source's trainable parameters, in one
+    fused call. The pairs are listed once: walking a critic that holds a frozen pretrained
+    encoder costs more than the lerp, and the encoder's copy in the target equals it and stays so."""
+
+    def __init__(self, target: nn.Module, source: nn.Module) -> None:
+        pairs = [(t, s) for t, s in zip(target.parameters(), source.parameters(), strict=True) if s.requires_grad]
+        self.target: list[torch.Tensor] = [t for t, _ in pairs]
+        self.source: list[torch.Tensor] = [s for _, s in pairs]
+
+    @torch.no_grad()
+    def __call__(self, tau: float) -> None:
+        torch._foreach_lerp_(self.target, self.source, tau)
 
 
 def obs_to_torch(obs: dict[str, Any], device: torch.device, add_batch_dim: bool = False) -> dict[str, Any]:
