@@ -212,6 +212,8 @@ def conrft(args) -> dict:
 
 def rlpd(args) -> dict:
     """RLPD on drawer-open from the corner + gripper cameras (configs/rlpd-metaworld-pixels.yaml)."""
+    from vlarl.eval.protocol import LAST_K, aggregate, plot_curves, run_score
+    from vlarl.eval.protocol import curve as curve_of
     from vlarl.recipes.collect import CollectConfig, collect
     from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
     from vlarl.runtime import finish_stage, load_config
@@ -237,12 +239,36 @@ def rlpd(args) -> dict:
             cfg = load_config(RLPDConfig, cfg_path, [f"demos={demos}", f"seed={seed}", f"run_dir={run_dir}",
                                                      f"steps={args.steps}", *args.set])
             r = finish_stage(train_rlpd, RLPDConfig, cfg, progress=False)
-        runs.append({"seed": seed, "final_success": r["final_success"], "minutes": r["seconds"] / 60,
-                     "bytes_per_transition": r["bytes_per_transition"],
-                     "curve": [{"step": e["step"], "success": e["success"]} for e in r["evals"]]})
-    finals = [x["final_success"] for x in runs]
+        curve = [{"step": e["step"], "success": e["success"]} for e in r["evals"]]
+        runs.append({"seed": seed, "final_success": r["final_success"], "score": run_score(curve),
+                     "minutes": r["seconds"] / 60, "bytes_per_transition": r["bytes_per_transition"],
+                     "curve": curve})
+    # every seed run so far, also those run by other processes (--first-seed)
+    for done in sorted(work.glob("seed*/results.json")):
+        r = json.loads(done.read_text())
+        seed = int(done.parent.name.removeprefix("seed"))
+        if r.get("final_success") is not None and all(x["seed"] != seed for x in runs):
+            curve = [{"step": e["step"], "success": e["success"]} for e in r["evals"]]
+            runs.append({"seed": seed, "final_success": r["final_success"], "score": run_score(curve),
+                         "minutes": r["seconds"] / 60, "bytes_per_transition": r["bytes_per_transition"],
+                         "curve": curve})
+    runs.sort(key=lambda x: x["seed"])
+    agg = aggregate([x["score"] for x in runs])
+    plot_curves({"RLPD from cameras": curve_of([x["curve"] for x in runs])}, RESULTS / "pixels_rlpd.png",
+                "RLPD, drawer-open from the corner + gripper cameras", episodes=cfg_eval_episodes(cfg_path))
     return {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]), "env_steps": args.steps,
-            "success": statistics.mean(finals), "per_seed": finals, "runs": runs}
+            "success": agg.mean, "success_ci95": list(agg.mean_ci95), "success_iqm": agg.iqm,
+            "aggregate": agg.to_dict(), "describe": agg.describe(episodes=cfg_eval_episodes(cfg_path)),
+            "score": f"mean of the last {LAST_K} evaluations per seed (vlarl.eval.protocol)",
+            "per_seed": [x["score"] for x in runs], "final_success_per_seed": [x["final_success"] for x in runs],
+            "seeds": len(runs), "eval_episodes": cfg_eval_episodes(cfg_path), "runs": runs}
+
+
+def cfg_eval_episodes(cfg_path: str) -> int:
+    from vlarl.recipes.rlpd import RLPDConfig
+    from vlarl.runtime import load_config
+
+    return load_config(RLPDConfig, cfg_path).eval_episodes
 
 
 def _windowed(episodes: list[dict], key: str, window: int = 20) -> list[dict]:
@@ -314,11 +340,19 @@ def _markdown(data: dict) -> str:
     if r:
         status = f" — status: {r['status']}" if "status" in r else ""
         lines += ["## RLPD from cameras (metaworld/drawer-open)", "", f"`{r['command']}`{status}", ""]
-        if r.get("success") is not None:
+        if r.get("describe"):
+            per_seed = ", ".join(f"{x:.2f}" for x in r["per_seed"])
+            last = ", ".join(f"{x:.2f}" for x in r["final_success_per_seed"])
+            minutes = ", ".join(f"{x['minutes']:.0f}" for x in r["runs"])
+            lines += [f"- success at {r['env_steps']} env steps, {r['score']}: {r['describe']}",
+                      f"- per seed: {per_seed}; the last evaluation alone: {last}",
+                      f"- bytes_per_transition: {r['runs'][0]['bytes_per_transition']}; minutes per seed: {minutes}",
+                      "- curves: `pixels_rlpd.png`"]
+        elif r.get("success") is not None:
             lines += [f"- success at {r['env_steps']} env steps: {r['success']:.2f} (per seed {r['per_seed']})",
                       f"- bytes_per_transition: {r['runs'][0]['bytes_per_transition']}"]
         for run in r["runs"]:
-            lines.append(f"- seed {run['seed']} curve (10-episode evals): "
+            lines.append(f"- seed {run['seed']} curve ({r.get('eval_episodes', 10)}-episode evals): "
                          + ", ".join(f"{e['step']}: {e['success']:.2f}" for e in run["curve"]))
         lines.append("")
     return "\n".join(lines) + "\n"
