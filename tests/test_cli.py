@@ -63,6 +63,8 @@ def test_console_script_demo_small(tmp_path):
     assert summary["env_steps"] >= 300 and summary["updates"] > 0 and summary["final_episodes"] == 2
     steps = [e["step"] for e in summary["evals"]]
     assert steps[0] == 0 and steps[-1] >= 300 and len(steps) >= 3 and summary["actor_hz"] > 0
+    # "before training" is the curve's step-0 evaluation, not a second one
+    assert summary["success_before"] == summary["evals"][0]["success"] and summary["before_episodes"] == 2
     assert Path(summary["plot"]).stat().st_size > 0
     assert summary["videos"] and all(Path(v).stat().st_size > 0 for v in summary["videos"])
     # The same command again finds the run finished and reports it (no actor runs, so no rate).

@@ -28,7 +28,7 @@ from typing import Any
 
 from vlarl.data import EpisodeDataset
 from vlarl.recipes.collect import CollectConfig, EnvConfig, collect
-from vlarl.recipes.hil_serl import HILSERLConfig, evaluate_policy, train_hil_serl
+from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
 from vlarl.recipes.sft import SFTConfig, train_sft
 from vlarl.runtime import Run
 from vlarl.runtime.config import check_ranges, ranged
@@ -106,17 +106,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True, resume: Run |
 
 
 def _hil_serl_demo(run: Run, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    import torch
-
-    from vlarl.recipes.hil_serl import agent_for, make_env
-
     with run:
         hil = cfg.hil_serl
         hil.run_dir = str(run.path / "hil-serl")
-        env, _ = make_env(hil, hil.seed, training=False)
-        torch.manual_seed(hil.seed)
-        before = evaluate_policy(hil, agent_for(hil, env), hil.final_eval_episodes, 20_000 + hil.seed)
-        env.close()
         sub = Path(hil.run_dir)
         already = False
         if (sub / "checkpoints").exists():
@@ -126,12 +118,17 @@ def _hil_serl_demo(run: Run, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
             results = done if done is not None else train_hil_serl(resume=resumed, progress=progress)
         else:
             results = train_hil_serl(hil, progress=progress)
+        # "before" is the curve's first point, the policy evaluated as training starts (a
+        # separate evaluation of the untrained policy would cost the demo two more minutes)
+        first = results["evals"][0] if results["evals"] else None
+        before = first if first is not None and first["step"] == 0 else None
         summary = {
             "already_trained": already,
             "recipe": "hil-serl", "env": hil.env.name, "obs_mode": hil.env.obs_mode, "demos": hil.demos,
             "env_steps": results["env_steps"], "updates": results["updates"],
             "wall_clock_min": results["wall_clock_min"], "actor_hz": results["actor_hz"],
-            "success_before": before["success"], "mean_success": results["final_success"],
+            "success_before": before["success"] if before else None,
+            "before_episodes": before["episodes"] if before else None, "mean_success": results["final_success"],
             "final_ci95": results["final_ci95"], "final_episodes": hil.final_eval_episodes,
             "intervention_rate": results["intervention_rate"],
             "evals": [{"step": e["step"], "success": e["success"]} for e in results["evals"]],
@@ -159,14 +156,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("recipe") == "hil-serl":
         lo, hi = summary["final_ci95"]
         curve = ", ".join(f"{e['step']}: {e['success']:.2f}" for e in summary["evals"])
+        before = (f"{summary['success_before']:.2f} ({summary['before_episodes']} episodes)"
+                  if summary.get("success_before") is not None else "not measured")
         hz = f"actor {summary['actor_hz']:.0f} Hz" if summary["actor_hz"] is not None else "no actor rate"
         if summary.get("already_trained"):  # a rerun of a finished demo: its figures, nothing trained again
             hz += "; already trained"
         lines = [(f"vlarl demo: HIL-SERL on {summary['env']} from {summary['obs_mode']}, {summary['demos']} demos, "
                  f"simulated human, {summary['env_steps']} env steps / {summary['updates']} updates in "
                  f"{summary['wall_clock_min']:.1f} min ({hz})"), "",
-                 (f"  policy alone, {summary['final_episodes']} episodes: success {summary['success_before']:.2f} "
-                 f"before training -> {summary['mean_success']:.2f} after (95% CI {lo:.2f}-{hi:.2f})"),
+                 (f"  policy alone: success {before} before training -> {summary['mean_success']:.2f} after "
+                 f"({summary['final_episodes']} episodes, 95% CI {lo:.2f}-{hi:.2f})"),
                  f"  success by env step: {curve}",
                  f"  interventions: {summary['intervention_rate']:.2f} of all steps", "",
                  f"plot   {summary['plot']}"] + [f"video  {v}" for v in summary["videos"]]
