@@ -143,6 +143,7 @@ def throughput(args) -> dict:
             rate = v.time(args.seconds if v.name != "pixels_uncached" else max(args.seconds, 1.0))
             print(f"round {r}: {v.name:24s} {rate:8.3f} updates/s", flush=True)
     med = {v.name: statistics.median(v.rates) for v in variants}
+    rates = {v.name: v.rates for v in variants}
     per_transition = {v.name: v.buffer.bytes_per_frame for v in variants}
     return {
         "command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
@@ -156,6 +157,7 @@ def throughput(args) -> dict:
         "pixel_to_state_update_ratio_shift": med["pixels_cached_shift"] / med["state"],
         "uncached_pixel_to_state_update_ratio": med["pixels_uncached"] / med["state"],
         "cached_over_uncached": med["pixels_cached"] / med["pixels_uncached"],
+        "round_ratios": [p / q for p, q in zip(rates["pixels_cached"], rates["state"])],
         "bytes_per_transition": per_transition,
     }
 
@@ -308,7 +310,10 @@ def _markdown(data: dict) -> str:
         lines += ["", f"- **pixel_to_state_update_ratio** (cached, no shift): {t['pixel_to_state_update_ratio']:.3f} "
                   f"(target >= 0.5); with the feature-grid shift {t['pixel_to_state_update_ratio_shift']:.3f}",
                   f"- uncached (encoder on every minibatch image): {t['uncached_pixel_to_state_update_ratio']:.4f}; "
-                  f"cached / uncached: {t['cached_over_uncached']:.0f}x", ""]
+                  f"cached / uncached: {t['cached_over_uncached']:.0f}x"]
+        if t.get("round_ratios"):  # the same ratio round by round: how much the machine drifts within a run
+            lines.append("- pixels_cached / state round by round: " + ", ".join(f"{x:.2f}" for x in t["round_ratios"]))
+        lines.append("")
     h = data.get("hil_serl_pixels")
     if h:
         lines += ["## HIL-SERL from cameras (panda/pick-cube)", "", f"`{h['command']}`", "",
