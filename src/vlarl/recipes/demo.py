@@ -55,7 +55,7 @@ def _default_hil_serl() -> HILSERLConfig:
     return cfg
 
 
-DEMO_STEPS = 5_000
+DEMO_STEPS = 7_000
 
 
 @dataclass
