@@ -230,47 +230,32 @@ def rlpd(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        run_dir = work / f"seed{seed}"
-        done = run_dir / "results.json"
-        if done.exists() and json.loads(done.read_text()).get("final_success") is not None:
-            r = json.loads(done.read_text())
-        else:
-            # a seed stopped part-way (its checkpoints in run_dir) continues where it was
-            cfg = load_config(RLPDConfig, cfg_path, [f"demos={demos}", f"seed={seed}", f"run_dir={run_dir}",
-                                                     f"steps={args.steps}", *args.set])
-            r = finish_stage(train_rlpd, RLPDConfig, cfg, progress=False)
-        curve = [{"step": e["step"], "success": e["success"]} for e in r["evals"]]
-        runs.append({"seed": seed, "final_success": r["final_success"], "score": run_score(curve),
-                     "minutes": r["seconds"] / 60, "bytes_per_transition": r["bytes_per_transition"],
-                     "curve": curve})
-    # every seed run so far, also those run by other processes (--first-seed)
-    for done in sorted(work.glob("seed*/results.json")):
+        # a finished seed is read back, one stopped part-way (its checkpoints in run_dir) continues
+        cfg = load_config(RLPDConfig, cfg_path, [f"demos={demos}", f"seed={seed}", f"run_dir={work / f'seed{seed}'}",
+                                                 f"steps={args.steps}", *args.set])
+        finish_stage(train_rlpd, RLPDConfig, cfg, progress=False)
+    # every finished seed under --work, also those run by other processes (--first-seed)
+    runs = []
+    for done in work.glob("seed*/results.json"):
         r = json.loads(done.read_text())
-        seed = int(done.parent.name.removeprefix("seed"))
-        if r.get("final_success") is not None and all(x["seed"] != seed for x in runs):
-            curve = [{"step": e["step"], "success": e["success"]} for e in r["evals"]]
-            runs.append({"seed": seed, "final_success": r["final_success"], "score": run_score(curve),
-                         "minutes": r["seconds"] / 60, "bytes_per_transition": r["bytes_per_transition"],
-                         "curve": curve})
+        if r.get("final_success") is None:
+            continue
+        curve = [{"step": e["step"], "success": e["success"]} for e in r["evals"]]
+        runs.append({"seed": int(done.parent.name.removeprefix("seed")), "final_success": r["final_success"],
+                     "score": run_score(curve), "minutes": r["seconds"] / 60,
+                     "bytes_per_transition": r["bytes_per_transition"], "curve": curve})
     runs.sort(key=lambda x: x["seed"])
     agg = aggregate([x["score"] for x in runs])
+    episodes = load_config(RLPDConfig, cfg_path, args.set).eval_episodes
     plot_curves({"RLPD from cameras": curve_of([x["curve"] for x in runs])}, RESULTS / "pixels_rlpd.png",
-                "RLPD, drawer-open from the corner + gripper cameras", episodes=cfg_eval_episodes(cfg_path))
+                "RLPD, drawer-open from the corner + gripper cameras", episodes=episodes)
     return {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]), "env_steps": args.steps,
             "success": agg.mean, "success_ci95": list(agg.mean_ci95), "success_iqm": agg.iqm,
-            "aggregate": agg.to_dict(), "describe": agg.describe(episodes=cfg_eval_episodes(cfg_path)),
+            "aggregate": agg.to_dict(), "describe": agg.describe(episodes=episodes),
             "score": f"mean of the last {LAST_K} evaluations per seed (vlarl.eval.protocol)",
             "per_seed": [x["score"] for x in runs], "final_success_per_seed": [x["final_success"] for x in runs],
-            "seeds": len(runs), "eval_episodes": cfg_eval_episodes(cfg_path), "runs": runs}
-
-
-def cfg_eval_episodes(cfg_path: str) -> int:
-    from vlarl.recipes.rlpd import RLPDConfig
-    from vlarl.runtime import load_config
-
-    return load_config(RLPDConfig, cfg_path).eval_episodes
+            "seeds": len(runs), "eval_episodes": episodes, "runs": runs}
 
 
 def _windowed(episodes: list[dict], key: str, window: int = 20) -> list[dict]:

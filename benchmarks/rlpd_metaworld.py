@@ -64,23 +64,15 @@ def run_config(job: dict):
 
 
 def run_one(job: dict) -> dict:
-    """One training run in a worker process; returns its evals and wall time (a finished run is read back)."""
+    """One training run in a worker process; returns its evals and wall time (a finished run is
+    read back, a stopped one continues from its checkpoint or starts again if it had none)."""
     import torch
 
     torch.set_num_threads(1)
-    from vlarl.recipes.rlpd import train_rlpd
+    from vlarl.recipes.rlpd import RLPDConfig, train_rlpd
+    from vlarl.runtime import finish_stage
 
-    cfg = run_config(job)
-    done = Path(cfg.run_dir) / "results.json"
-    if done.exists():
-        r = json.loads(done.read_text())
-        if r.get("final_success") is not None:
-            return {"evals": r["evals"], "seconds": r["seconds"]}
-    if Path(cfg.run_dir).exists():  # stopped part-way: its checkpoints are at save_every = steps only
-        import shutil
-
-        shutil.rmtree(cfg.run_dir)
-    r = train_rlpd(cfg, progress=False)
+    r = finish_stage(train_rlpd, RLPDConfig, run_config(job), progress=False)
     return {"evals": r["evals"], "seconds": r["seconds"]}
 
 
