@@ -4,6 +4,7 @@
     python benchmarks/pixels.py hil-serl [--steps 30000] [--work runs/bench-pixels]
     python benchmarks/pixels.py conrft [--online-steps 15000]
     python benchmarks/pixels.py rlpd [--steps 20000] [--seeds 3]
+    python benchmarks/pixels.py shift [--seeds 5] [--variants off on]
 
 ``throughput``: learner updates/s of HIL-SERL's SAC (two LayerNorm critics, batch 256, two
 critic steps per actor step, grasp critic) on panda/pick-cube observations, each update
@@ -30,6 +31,12 @@ benchmarks/conrft_bench.py's protocol (success and episode length, policy alone,
 ``rlpd``: RLPD on Meta-World drawer-open from the corner + gripper cameras and proprio
 (configs/rlpd-metaworld-pixels.yaml), scripted demos encoded once as they load; success at
 ``--steps`` env steps, per seed.
+
+``shift``: learning with the feature-grid shift on against off, everything else the demo's
+setup (configs/demo.yaml: HIL-SERL on pick-cube from the front + wrist cameras, 20 demos, the
+simulated human, 7,000 env steps), run in process (``runtime=inprocess``: exactly
+``sac.utd`` critic steps per env step, so the schedule does not depend on how loaded the
+machine is and runs can share it); per seed and variant, scored with vlarl.eval.protocol.
 
 Results are merged into benchmarks/results/pixels.json and .md (each section keeps the
 command that produced it).
@@ -258,6 +265,63 @@ def rlpd(args) -> dict:
             "seeds": len(runs), "eval_episodes": episodes, "runs": runs}
 
 
+def shift(args) -> dict:
+    """The feature-grid shift (``sac.augment``) on against off, seeds paired, the demo's setup."""
+    import torch
+    import yaml
+
+    from vlarl.eval.protocol import LAST_K, aggregate, plot_curves, run_score
+    from vlarl.eval.protocol import curve as curve_of
+    from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
+    from vlarl.runtime import finish_stage, load_config
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    demo = yaml.safe_load(Path("configs/demo.yaml").read_text())["hil_serl"]
+    base = [f"{k}={json.dumps(v)}" for k, v in demo.items() if not isinstance(v, dict)]
+    base += [f"{k}.{kk}={json.dumps(vv)}" for k, v in demo.items() if isinstance(v, dict) for kk, vv in v.items()]
+    base += ["runtime=inprocess", f"learner_threads={args.threads}", f"eval_every={args.eval_every}",
+             f"final_eval_episodes={args.final_episodes}", "video=false", "save_buffer=false"]
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for variant in args.variants:
+            cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml",
+                              [*base, f"sac.augment={'true' if variant == 'on' else 'false'}", f"seed={seed}",
+                               f"run_dir={work / variant / f'seed{seed}'}", *args.set])
+            finish_stage(train_hil_serl, HILSERLConfig, cfg, progress=False)
+    variants: dict[str, list[dict]] = {}
+    for variant in ("off", "on"):
+        for done in sorted((work / variant).glob("seed*/results.json")):
+            r = json.loads(done.read_text())
+            if r.get("partial") or r.get("final_success") is None:
+                continue
+            curve = [{"step": e["step"], "success": e["success"]} for e in r["evals"]]
+            variants.setdefault(variant, []).append({
+                "seed": int(done.parent.name.removeprefix("seed")), "score": run_score(curve),
+                "final_success": r["final_success"], "updates": r["updates"],
+                "minutes": r["wall_clock_min"], "curve": curve})
+    cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml", [*base, *args.set])
+    out: dict = {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
+                 "setup": f"configs/demo.yaml's run in process, {cfg.steps} env steps, feature_shift "
+                          f"{cfg.sac.feature_shift} cell of the {128 // 16 // cfg.sac.feature_pool}-cell grid",
+                 "score": f"mean of the last {LAST_K} evaluations per seed (vlarl.eval.protocol)",
+                 "eval_episodes": cfg.eval_episodes, "final_eval_episodes": cfg.final_eval_episodes}
+    for variant, runs in variants.items():
+        runs.sort(key=lambda x: x["seed"])
+        agg = aggregate([x["score"] for x in runs])
+        final = aggregate([x["final_success"] for x in runs])
+        out[variant] = {"aggregate": agg.to_dict(), "describe": agg.describe(episodes=cfg.eval_episodes),
+                        "final": final.to_dict(), "runs": runs}
+    paired = {x["seed"]: x["score"] for x in variants.get("off", [])}
+    diffs = [x["score"] - paired[x["seed"]] for x in variants.get("on", []) if x["seed"] in paired]
+    if diffs:
+        d = aggregate(diffs)
+        out["on_minus_off"] = {"mean": d.mean, "mean_ci95": list(d.mean_ci95), "seeds": len(diffs)}
+    plot_curves({f"shift {v}": curve_of([x["curve"] for x in runs]) for v, runs in variants.items()},
+                RESULTS / "pixels_shift.png", "HIL-SERL pick-cube from cameras: feature-grid shift on / off",
+                episodes=cfg.eval_episodes)
+    return out
+
+
 def _windowed(episodes: list[dict], key: str, window: int = 20) -> list[dict]:
     out = []
     for i in range(window, len(episodes) + 1, window):
@@ -345,6 +409,31 @@ def _markdown(data: dict) -> str:
             lines.append(f"- seed {run['seed']} curve ({r.get('eval_episodes', 10)}-episode evals): "
                          + ", ".join(f"{e['step']}: {e['success']:.2f}" for e in run["curve"]))
         lines.append("")
+    sh = data.get("shift_learning")
+    if sh:
+        status = f" — status: {sh['status']}" if "status" in sh else ""
+        lines += ["## Learning with the feature-grid shift on and off (panda/pick-cube from cameras)", "",
+                  f"`{sh['command']}`{status}", "", (f"{sh['setup']}; score: {sh['score']}; the final evaluation "
+                                                     f"{sh['final_eval_episodes']} episodes, policy alone."), "",
+                  "| feature-grid shift | score | final evaluation (mean, 95% CI) | per seed (score) | updates |",
+                  "|---|---|---|---|---|"]
+        for variant in ("off", "on"):
+            v = sh.get(variant)
+            if v:
+                f, scores = v["final"], ", ".join(f"{x['score']:.2f}" for x in v["runs"])
+                lines.append(f"| {variant} | {v['describe']} | {f['mean']:.2f} ({f['mean_ci95'][0]:.2f}-"
+                             f"{f['mean_ci95'][1]:.2f}) | {scores} | "
+                             f"{v['runs'][0]['updates']} |")
+        if "on_minus_off" in sh:
+            d = sh["on_minus_off"]
+            lines += ["", (f"- on - off, paired by seed: {d['mean']:+.2f} (95% CI {d['mean_ci95'][0]:+.2f} to "
+                           f"{d['mean_ci95'][1]:+.2f}, {d['seeds']} seeds)")]
+        for variant in ("off", "on"):
+            for run in sh.get(variant, {}).get("runs", []):
+                lines.append(f"- shift {variant}, seed {run['seed']} curve: "
+                             + ", ".join(f"{e['step']}: {e['success']:.2f}" for e in run["curve"])
+                             + f"; final {run['final_success']:.2f}, {run['minutes']:.0f} min")
+        lines += ["- curves: `pixels_shift.png`", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -378,6 +467,16 @@ def main() -> None:
     r.add_argument("--demos", type=int, default=10)
     r.add_argument("--work", default="runs/bench-pixels-rlpd")
     r.add_argument("--set", nargs="*", default=[])
+    s = sub.add_parser("shift")
+    s.add_argument("--seeds", type=int, default=5)
+    s.add_argument("--first-seed", type=int, default=0)
+    s.add_argument("--variants", nargs="+", choices=("off", "on"), default=["off", "on"],
+                   help="which to train here (all finished ones under --work are reported)")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--eval-every", type=int, default=1750)
+    s.add_argument("--final-episodes", type=int, default=20)
+    s.add_argument("--work", default="runs/bench-pixels-shift")
+    s.add_argument("--set", nargs="*", default=[])
     args = p.parse_args()
     if args.what == "throughput":
         _write("throughput", throughput(args))
@@ -385,8 +484,10 @@ def main() -> None:
         _write("hil_serl_pixels", hil_serl(args))
     elif args.what == "conrft":
         _write("conrft_pixels", conrft(args))
-    else:
+    elif args.what == "rlpd":
         _write("rlpd_pixels", rlpd(args))
+    else:
+        _write("shift_learning", shift(args))
     print((RESULTS / "pixels.md").read_text())
 
 
