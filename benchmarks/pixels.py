@@ -300,11 +300,15 @@ def shift(args) -> dict:
                 "final_success": r["final_success"], "updates": r["updates"],
                 "minutes": r["wall_clock_min"], "curve": curve})
     cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml", [*base, *args.set])
-    out: dict = {"command": "python benchmarks/pixels.py " + " ".join(sys.argv[1:]),
+    argv = sys.argv[1:]
+    if "--status" in argv:  # the status is written beside the command, not inside it
+        del argv[argv.index("--status"):argv.index("--status") + 2]
+    out: dict = {"command": "python benchmarks/pixels.py " + " ".join(argv),
                  "setup": f"configs/demo.yaml's run in process, {cfg.steps} env steps, feature_shift "
                           f"{cfg.sac.feature_shift} cell of the {128 // 16 // cfg.sac.feature_pool}-cell grid",
                  "score": f"mean of the last {LAST_K} evaluations per seed (vlarl.eval.protocol)",
-                 "eval_episodes": cfg.eval_episodes, "final_eval_episodes": cfg.final_eval_episodes}
+                 "eval_episodes": cfg.eval_episodes, "final_eval_episodes": cfg.final_eval_episodes,
+                 **({"status": args.status} if args.status else {})}
     for variant, runs in variants.items():
         runs.sort(key=lambda x: x["seed"])
         agg = aggregate([x["score"] for x in runs])
@@ -316,8 +320,8 @@ def shift(args) -> dict:
     if diffs:
         d = aggregate(diffs)
         out["on_minus_off"] = {"mean": d.mean, "mean_ci95": list(d.mean_ci95), "seeds": len(diffs)}
-    plot_curves({f"shift {v}": curve_of([x["curve"] for x in runs]) for v, runs in variants.items()},
-                RESULTS / "pixels_shift.png", "HIL-SERL pick-cube from cameras: feature-grid shift on / off",
+    plot_curves({f"shift {v}": curve_of([x["curve"] for x in runs], by_index=True) for v, runs in variants.items()},
+                RESULTS / "pixels_shift.png", "pick-cube from cameras, grid shift",
                 episodes=cfg.eval_episodes)
     return out
 
@@ -477,6 +481,7 @@ def main() -> None:
     s.add_argument("--final-episodes", type=int, default=20)
     s.add_argument("--work", default="runs/bench-pixels-shift")
     s.add_argument("--set", nargs="*", default=[])
+    s.add_argument("--status", help="how the runs were made, written beside the figures")
     args = p.parse_args()
     if args.what == "throughput":
         _write("throughput", throughput(args))

@@ -60,3 +60,13 @@ def test_curves_average_the_steps_every_run_has(tmp_path):
     assert rows[0]["runs"] == 2
     path = plot_curves({"rlpd": rows}, tmp_path / "c.png", "drawer-open", episodes=10)
     assert path.stat().st_size > 0
+
+
+def test_curves_by_index_pair_the_ith_evaluations_of_runs_whose_steps_differ():
+    # evaluations at the first episode end after each eval_every: a few steps apart per run
+    runs = [[{"step": 0, "success": 0.0}, {"step": 1762, "success": 0.2}, {"step": 3500, "success": 1.0}],
+            [{"step": 0, "success": 0.0}, {"step": 1810, "success": 0.4}]]
+    assert [r["step"] for r in curve(runs)] == [0]  # by step only the start is shared
+    rows = curve(runs, by_index=True)
+    assert [r["step"] for r in rows] == [0, pytest.approx(1786)]
+    assert rows[1]["mean"] == pytest.approx(0.3) and rows[1]["runs"] == 2

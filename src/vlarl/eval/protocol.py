@@ -102,12 +102,19 @@ def aggregate(scores: Sequence[float] | Mapping[str, Sequence[float]], reps: int
 
 
 def curve(runs: Sequence[Sequence[Mapping[str, Any]]], key: str = "success", reps: int = BOOTSTRAP_REPS,
-          seed: int = 0) -> list[dict[str, float]]:
+          seed: int = 0, by_index: bool = False) -> list[dict[str, float]]:
     """Mean across runs at each evaluation step every run has, with a 95% bootstrap band:
-    rows ``{step, mean, lo, hi, runs}``."""
+    rows ``{step, mean, lo, hi, runs}``. ``by_index`` pairs the i-th evaluation of every run
+    instead, at the mean of their steps: for runs that evaluate at the first episode end after
+    each ``eval_every`` (HIL-SERL's), whose steps differ by a few from run to run."""
     if not runs:
         raise VlarlError("a curve needs at least one run")
-    by_step = [{int(e["step"]): float(e[key]) for e in run} for run in runs]
+    if by_index:
+        count = min(len(run) for run in runs)
+        by_step = [{i: float(e[key]) for i, e in enumerate(run[:count])} for run in runs]
+        at = {i: float(np.mean([run[i]["step"] for run in runs])) for i in range(count)}
+    else:
+        by_step = [{int(e["step"]): float(e[key]) for e in run} for run in runs]
     steps = sorted(set.intersection(*(set(s) for s in by_step)))
     rng = np.random.default_rng(seed)
     rows = []
@@ -115,7 +122,7 @@ def curve(runs: Sequence[Sequence[Mapping[str, Any]]], key: str = "success", rep
         values = np.array([s[step] for s in by_step])
         boot = values[rng.integers(0, values.size, (reps, values.size))].mean(axis=1)
         lo, hi = np.percentile(boot, [2.5, 97.5])
-        rows.append({"step": step, "mean": float(values.mean()), "lo": float(lo), "hi": float(hi),
+        rows.append({"step": at[step] if by_index else step, "mean": float(values.mean()), "lo": float(lo), "hi": float(hi),
                      "runs": int(values.size)})
     return rows
 
