@@ -268,25 +268,26 @@ def rlpd(args) -> dict:
 def shift(args) -> dict:
     """The feature-grid shift (``sac.augment``) on against off, seeds paired, the demo's setup."""
     import torch
-    import yaml
 
     from vlarl.eval.protocol import LAST_K, aggregate, plot_curves, run_score
     from vlarl.eval.protocol import curve as curve_of
+    from vlarl.recipes.demo import DemoConfig
     from vlarl.recipes.hil_serl import HILSERLConfig, train_hil_serl
     from vlarl.runtime import finish_stage, load_config
 
+    def demo_run(*overrides: str) -> HILSERLConfig:
+        """configs/demo.yaml's HIL-SERL run with ``overrides`` (its own keys)."""
+        base = ["runtime=inprocess", f"learner_threads={args.threads}", f"eval_every={args.eval_every}",
+                f"final_eval_episodes={args.final_episodes}", "video=false", "save_buffer=false"]
+        return load_config(DemoConfig, "configs/demo.yaml",
+                           [f"hil_serl.{o}" for o in (*base, *overrides, *args.set)]).hil_serl
+
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    demo = yaml.safe_load(Path("configs/demo.yaml").read_text())["hil_serl"]
-    base = [f"{k}={json.dumps(v)}" for k, v in demo.items() if not isinstance(v, dict)]
-    base += [f"{k}.{kk}={json.dumps(vv)}" for k, v in demo.items() if isinstance(v, dict) for kk, vv in v.items()]
-    base += ["runtime=inprocess", f"learner_threads={args.threads}", f"eval_every={args.eval_every}",
-             f"final_eval_episodes={args.final_episodes}", "video=false", "save_buffer=false"]
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for variant in args.variants:
-            cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml",
-                              [*base, f"sac.augment={'true' if variant == 'on' else 'false'}", f"seed={seed}",
-                               f"run_dir={work / variant / f'seed{seed}'}", *args.set])
+            cfg = demo_run(f"sac.augment={'true' if variant == 'on' else 'false'}", f"seed={seed}",
+                           f"run_dir={work / variant / f'seed{seed}'}")
             finish_stage(train_hil_serl, HILSERLConfig, cfg, progress=False)
     variants: dict[str, list[dict]] = {}
     for variant in ("off", "on"):
@@ -299,7 +300,7 @@ def shift(args) -> dict:
                 "seed": int(done.parent.name.removeprefix("seed")), "score": run_score(curve),
                 "final_success": r["final_success"], "updates": r["updates"],
                 "minutes": r["wall_clock_min"], "curve": curve})
-    cfg = load_config(HILSERLConfig, "configs/hil-serl-pick-cube.yaml", [*base, *args.set])
+    cfg = demo_run()
     argv = sys.argv[1:]
     if "--status" in argv:  # the status is written beside the command, not inside it
         del argv[argv.index("--status"):argv.index("--status") + 2]
